@@ -1,0 +1,3 @@
+from drover.cli import main
+
+main()

@@ -1,0 +1,138 @@
+"""Turn an app spec into a WSGI callable.
+
+Forms: 'module:callable', 'module' (looks for 'application', then 'app'), 'path/to/app.py',
+'path/to/app.py:callable', and a factory call 'module:create_app()' whose arguments are
+Python literals. Runs in each worker after fork, or in the master with --preload.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_NAMES = ("application", "app")
+
+
+class AppLoadError(Exception):
+    """The app cannot be loaded; the message says what was looked for and where."""
+
+
+def prepare_path(chdir: str, pythonpath: tuple[str, ...]) -> None:
+    """Apply --chdir and --pythonpath; the working directory is importable, as with python -m."""
+    if chdir:
+        try:
+            os.chdir(chdir)
+        except OSError as exc:
+            raise AppLoadError(f"--chdir: cannot change to {chdir!r}: {exc.strerror}") from None
+    for entry in reversed(pythonpath):
+        sys.path.insert(0, os.path.abspath(entry))
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    """'a.b:c' -> ('a.b', 'c'); a Windows-free rule: the last ':' outside parentheses splits."""
+    depth = 0
+    for i in range(len(spec) - 1, -1, -1):
+        ch = spec[i]
+        if ch == ")":
+            depth += 1
+        elif ch == "(":
+            depth -= 1
+        elif ch == ":" and depth == 0:
+            return spec[:i], spec[i + 1:]
+    return spec, ""
+
+
+def _parse_attribute(expr: str, spec: str) -> tuple[str, tuple[Any, ...], dict[str, Any], bool]:
+    """'app' -> ('app', (), {}, False); 'create_app("x", debug=True)' -> a factory call."""
+    try:
+        node = ast.parse(expr.strip(), mode="eval").body
+    except SyntaxError:
+        raise AppLoadError(f"{spec!r}: {expr!r} is not a name or a call with literal "
+                           "arguments") from None
+    if isinstance(node, ast.Name | ast.Attribute):
+        return ast.unparse(node), (), {}, False
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute):
+        try:
+            args = tuple(ast.literal_eval(a) for a in node.args)
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg}
+        except ValueError:
+            raise AppLoadError(f"{spec!r}: factory arguments must be Python literals") from None
+        return ast.unparse(node.func), args, kwargs, True
+    raise AppLoadError(f"{spec!r}: {expr!r} is not a name or a call with literal arguments")
+
+
+def _import_file(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise AppLoadError(f"app file {path!r} not found (in {os.getcwd()})")
+    directory = os.path.dirname(os.path.abspath(path))
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    name = os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise AppLoadError(f"app file {path!r} cannot be imported as Python")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _import_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        # Only a missing *target* module is our clear error; a missing import inside the
+        # app's own code is the app's exception and keeps its traceback.
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise AppLoadError(f"module {name!r} not found (sys.path starts with "
+                               f"{sys.path[:3]})") from None
+        raise
+
+
+def load_app(spec: str) -> Callable[..., Any]:
+    """Import and return the WSGI callable named by spec.
+
+    Raises AppLoadError for a missing module or callable; an exception raised while importing
+    the app's code propagates unchanged (the caller prints its traceback, then a summary line).
+    """
+    module_part, attr_part = _split_spec(spec.strip())
+    if module_part.endswith(".py") or os.sep in module_part:
+        module = _import_file(module_part)
+        where = f"file {module_part!r}"
+    else:
+        module = _import_module(module_part)
+        where = f"module {module_part!r}"
+
+    if attr_part:
+        name, args, kwargs, is_call = _parse_attribute(attr_part, spec)
+        candidates = (name,)
+    else:
+        args, kwargs, is_call = (), {}, False
+        candidates = DEFAULT_NAMES
+
+    for name in candidates:
+        obj: Any = module
+        try:
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        if is_call:
+            if not callable(obj):
+                raise AppLoadError(f"{name!r} in {where} is not callable, so it is no factory")
+            obj = obj(*args, **kwargs)
+            name = f"{name}(...)"
+        if not callable(obj):
+            raise AppLoadError(f"{name!r} in {where} is not callable "
+                               f"(it is a {type(obj).__name__})")
+        return obj  # type: ignore[no-any-return]
+    looked = " or ".join(repr(c) for c in candidates)
+    raise AppLoadError(f"no {looked} in {where} ({getattr(module, '__file__', '?')})")

@@ -1,0 +1,322 @@
+"""HTTP/1.1 requests in, response framing out (RFC 9112), sans-I/O.
+
+Theory of operation
+-------------------
+``HttpConnection`` holds one client connection's parser (llhttp, through httptools). The worker
+calls ``receive_data(bytes)``; parsing runs at once and completed events are queued on
+``events`` in the order they happened on the wire: a ``Request`` (body complete), a
+``ContinueRequest`` (send ``100 Continue`` now), or a ``ProtocolError`` (answer with its status
+and close). After a ProtocolError the connection is dead: nothing more is parsed, but requests
+queued before it are still answered first, so pipelined clients get their responses in order.
+
+llhttp enforces most of RFC 9112 itself: Content-Length with Transfer-Encoding, duplicate or
+malformed Content-Length, bad chunk sizes and overflows, a Transfer-Encoding that does not end in
+chunked, obs-fold, whitespace before a colon, control characters in fields, bare LF. On top of
+it this module enforces what llhttp allows:
+
+- HTTP versions other than 1.0 and 1.1: 505 (section 2.6).
+- HTTP/1.1 without exactly one Host: 400 (section 3.2).
+- Transfer-Encoding on HTTP/1.0: 400 (section 6.1: the framing is faulty).
+- Transfer codings other than a single ``chunked``: 501 (section 6.1; we decode none).
+- Limits: request line (414), header count, field size and header block (431), body (413).
+- Expect other than 100-continue: 417 (RFC 9110 section 10.1.1).
+- Header names containing ``_`` are dropped: they would collide with ``-`` once mapped to CGI
+  names, so a client could forge a header a proxy set (e.g. X-Forwarded-For as X_Forwarded_For).
+- Repeated fields are joined with ", " (RFC 9110 section 5.3), Cookie with "; " (RFC 6265
+  section 5.4).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from drover.body import EMPTY_INPUT, BodyBuffer
+from drover.protocols.request import ContinueRequest, ProtocolError, Request
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Bounds on what one request may carry (from the Config)."""
+
+    request_line: int = 8190
+    fields: int = 100
+    field_size: int = 8190
+    header_block: int = 65536
+    body: int = 0  # 0: unlimited
+    spill: int = 1024 * 1024  # bodies above this go to a temporary file
+
+
+Event = Request | ContinueRequest | ProtocolError
+
+CONTINUE = ContinueRequest(b"HTTP/1.1 100 Continue\r\n\r\n")
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+
+# Raw header name -> CGI variable name ("" means: drop the field). Names repeat across requests,
+# so each distinct spelling is converted once; the cache is bounded against hostile variety.
+_CGI_NAMES: dict[bytes, str] = {}
+_CGI_CACHE_MAX = 4096
+
+
+def cgi_name(name: bytes) -> str:
+    key = _CGI_NAMES.get(name)
+    if key is not None:
+        return key
+    text = name.decode("latin-1")
+    if "_" in text:
+        key = ""
+    else:
+        key = text.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+    if len(_CGI_NAMES) < _CGI_CACHE_MAX:
+        _CGI_NAMES[name] = key
+    return key
+
+
+def decode_path(raw: bytes) -> str:
+    """PATH_INFO: percent-decoded bytes carried as latin-1 (PEP 3333)."""
+    if b"%" in raw:
+        raw = unquote_to_bytes(raw)
+    return raw.decode("latin-1")
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """request-target -> (path, query), for origin-form, absolute-form and asterisk-form."""
+    if b"#" in target:  # not allowed on the wire, but never part of path or query
+        target = target.partition(b"#")[0]
+    if target[:1] != b"/" and target != b"*":
+        url = httptools.parse_url(target)  # absolute-form (RFC 9112 section 3.2.2)
+        return url.path or b"/", url.query or b""
+    path, _, query = target.partition(b"?")
+    return path, query
+
+
+class HttpConnection:
+    """The HTTP/1.1 parser state of one client connection. Runs on a worker's loop thread."""
+
+    __slots__ = ("_body", "_environ", "_hosts", "_limits", "_parser", "_url", "broken",
+                 "events", "head_bytes", "in_head", "in_message", "_fields")
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self._limits = limits
+        self._parser = httptools.HttpRequestParser(self)
+        self.events: deque[Event] = deque()
+        self.broken = False
+        self.in_message = False  # part of a request has arrived (drives the timeouts)
+        self.in_head = False
+        self.head_bytes = 0
+        self._url = b""
+        self._environ: dict[str, str] = {}
+        self._body: BodyBuffer | None = None
+        self._hosts = 0
+        self._fields = 0
+
+    # -- input ------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Parse bytes from the client; queue events. Never raises for bad input."""
+        if self.broken:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade or CONNECT: llhttp stopped after the request. Drover speaks no other
+            # protocol on this connection; the request was queued and is answered, then the
+            # connection closes (CONNECT was refused in on_headers_complete).
+            self.broken = True
+            for event in self.events:
+                if isinstance(event, Request):
+                    event.keep_alive = False
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProtocolError):
+                self._fail(cause)
+                return
+            raise
+        except httptools.HttpParserInvalidMethodError:
+            self._fail(ProtocolError(501 if _looks_like_method(data) else 400,
+                                     "Unknown or invalid method"))
+            return
+        except httptools.HttpParserInvalidURLError:
+            self._fail(ProtocolError(400, "Invalid request target"))
+            return
+        except httptools.HttpParserError as exc:
+            reason = str(exc) or "Malformed request"
+            status = 505 if "HTTP version" in reason else 400
+            self._fail(ProtocolError(status, reason))
+            return
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > self._limits.header_block + self._limits.request_line:
+                self._fail(ProtocolError(431, "Request header block too large")
+                           if self._url else ProtocolError(414, "Request line too long"))
+
+    def _fail(self, error: ProtocolError) -> None:
+        self.broken = True
+        self.in_message = self.in_head = False
+        if self._body is not None:
+            self._body.discard()
+            self._body = None
+        self.events.append(error)
+
+    def eof_received(self) -> None:
+        """The client half-closed; a request it left unfinished can never complete."""
+        if self.in_message and not self.broken:
+            self._fail(ProtocolError(400, "Incomplete request"))
+
+    # -- httptools callbacks (called from inside feed_data) ----------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_message = self.in_head = True
+        self.head_bytes = 0
+        self._url = b""
+        self._environ = {}
+        self._hosts = 0
+        self._fields = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.request_line:
+            raise ProtocolError(414, "Request-URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        limits = self._limits
+        if self._fields > limits.fields:
+            raise ProtocolError(431, "Too many header fields")
+        if len(name) + len(value) > limits.field_size:
+            raise ProtocolError(431, "Header field too large")
+        key = cgi_name(name)
+        if not key:
+            return
+        text = value.decode("latin-1").rstrip(" \t")
+        environ = self._environ
+        if key in environ:
+            if key == "HTTP_HOST":
+                self._hosts += 1
+            environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
+        else:
+            if key == "HTTP_HOST":
+                self._hosts += 1
+            environ[key] = text
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self._parser
+        version = parser.get_http_version()
+        protocol = _PROTOCOLS.get(version)
+        if protocol is None:
+            raise ProtocolError(505, "HTTP version not supported")
+        method = parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise ProtocolError(501, "CONNECT is not supported")
+        environ = self._environ
+        if self._hosts != 1 and (self._hosts or protocol == "HTTP/1.1"):
+            raise ProtocolError(400, "Missing Host header" if not self._hosts
+                                else "Multiple Host headers")
+        target = self._url
+        path, query = split_target(target)
+        environ["REQUEST_METHOD"] = method
+        environ["SERVER_PROTOCOL"] = protocol
+        environ["REQUEST_URI"] = target.decode("latin-1")
+        environ["PATH_INFO"] = decode_path(path)
+        environ["QUERY_STRING"] = query.decode("latin-1")
+
+        limits = self._limits
+        body_expected = False
+        coding = environ.get("HTTP_TRANSFER_ENCODING")
+        if coding is not None:
+            if protocol == "HTTP/1.0":
+                raise ProtocolError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+            if coding.lower() != "chunked":
+                raise ProtocolError(501, "Transfer-Encoding not implemented")
+            # The body is de-chunked and buffered whole: the app sees its length.
+            del environ["HTTP_TRANSFER_ENCODING"]
+            body_expected = True
+        else:
+            length = environ.get("CONTENT_LENGTH")
+            if length is not None:
+                size = int(length)  # llhttp accepted only digits
+                if limits.body and size > limits.body:
+                    raise ProtocolError(413, "Request body too large")
+                body_expected = size > 0
+        expect = environ.get("HTTP_EXPECT")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise ProtocolError(417, "Expectation not supported")
+            # A 1.0 client cannot take an interim response (RFC 9110 section 10.1.1).
+            if body_expected and protocol == "HTTP/1.1":
+                self.events.append(CONTINUE)
+        if body_expected:
+            self._body = BodyBuffer(limits.spill)
+
+    def on_body(self, data: bytes) -> None:
+        body = self._body
+        if body is None:  # unreachable: llhttp only calls this when a body is framed
+            return
+        limit = self._limits.body
+        if limit and body.size + len(data) > limit:
+            raise ProtocolError(413, "Request body too large")
+        body.write(data)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        parser = self._parser
+        environ = self._environ
+        body = self._body
+        if body is None:
+            stream = EMPTY_INPUT
+        else:
+            stream = body.finish()
+            environ["CONTENT_LENGTH"] = str(body.size)
+            self._body = None
+        self.events.append(Request(
+            environ, stream, parser.should_keep_alive(),
+            environ["SERVER_PROTOCOL"] == "HTTP/1.1", environ["REQUEST_METHOD"] == "HEAD"))
+
+
+_METHOD_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
+
+
+def _looks_like_method(data: bytes) -> bool:
+    """A well-formed but unknown method earns 501; binary garbage earns 400."""
+    return _METHOD_START.match(data.lstrip(b"\r\n")) is not None
+
+
+# -- responses -------------------------------------------------------------------------------
+
+_REASONS = {
+    400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 414: "URI Too Long",
+    417: "Expectation Failed", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+
+
+def error_response(status: int, reason: str, server_date: str) -> bytes:
+    """A short plain-text response that closes the connection; ``reason`` is ours, never
+    the client's bytes."""
+    body = f"{status} {_REASONS.get(status, 'Error')}: {reason}\n".encode("latin-1")
+    head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n{server_date}"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 section 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def status_has_body(status: str) -> bool:
+    """1xx, 204 and 304 responses never carry content (RFC 9110 section 6.4.1)."""
+    return not (status[0] == "1" or status.startswith(("204", "304")))

@@ -1,0 +1,680 @@
+"""A worker process: event loops that accept connections, parse requests and call the app.
+
+Theory of operation
+-------------------
+The master forks a worker and calls ``run_worker`` in the child. The worker starts ``--threads``
+loop threads; each runs its own uvloop event loop with its own accepting servers on the
+inherited listening sockets, and calls the app *directly on its loop thread*: no thread hop per
+request. A blocking app blocks only its own thread's loop, while the other threads keep
+accepting and serving, so a worker serves up to ``--threads`` blocking requests at once.
+
+The worker's main thread does no request work: it waits for signals (TERM/INT: graceful stop,
+QUIT: immediate exit) and, once a second, writes a heartbeat byte to the master's pipe if every
+loop thread has ticked recently. A loop stuck past ``--timeout`` stops the heartbeat and the
+master replaces the worker.
+
+Per connection (``Connection``): bytes go to the protocol's sans-I/O parser, which queues
+events. Events are handled strictly in order, one response at a time, so pipelined requests are
+answered in order. A request's body is complete before the app runs (the parser buffers it,
+spilling large ones to a temporary file), so a slow client never holds the app. Responses
+respect backpressure: when the transport's buffer passes its high-water mark, iteration of the
+app's body stops until the buffer drains (``resume_writing``), so a 1 GiB response costs a
+few hundred KiB of memory. ``wsgi.file_wrapper`` over a regular file goes out with
+``os.sendfile``.
+
+A loop ticks once a second: it refreshes the cached ``Date`` header and drops connections past
+their deadline (header, body/write progress, or keep-alive idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import select
+import signal
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from email.utils import formatdate
+from typing import Any, BinaryIO
+
+import uvloop
+
+from drover import __version__
+from drover.body import EMPTY_INPUT
+from drover.config import Config
+from drover.logs import access, log
+from drover.protocols.http import HttpConnection, HttpLimits, error_response
+from drover.protocols.request import ContinueRequest, ProtocolError, Request
+from drover.sockets import Listener
+from drover.wsgi import (
+    FileWrapper,
+    Response,
+    ResponseError,
+    base_environ,
+    close_iterable,
+    connection_environ,
+)
+
+EXIT_APP_LOAD = 3  # the worker could not load the app: the master must not respawn in a loop
+
+WsgiApp = Callable[..., Iterable[bytes]]
+
+HIGH_WATER = 256 * 1024  # transport buffer size that pauses the app's body iteration
+MAX_QUEUED_EVENTS = 32  # pipelined requests parsed ahead before reading pauses
+
+# What a connection is waiting for, which decides its deadline.
+FRESH, IDLE, READING, WRITING = range(4)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection on one loop thread (HTTP; the uwsgi handler subclasses it)."""
+
+    protocol_name = "http"
+
+    def __init__(self, loop_thread: LoopThread, environ: dict[str, Any]) -> None:
+        self.lt = loop_thread
+        self.base = environ
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.environ: dict[str, Any] = environ
+        self.parser = self.make_parser()
+        self.closed = False
+        self.busy = False  # a response is being streamed
+        self.write_paused = False
+        self.reading_paused = False
+        self.state = FRESH
+        self.deadline = 0.0
+        self.served = 0
+        # The response in progress (when busy).
+        self.request: Request | None = None
+        self.response: Response | None = None
+        self.result: Iterable[bytes] | None = None
+        self.iterator: Iterator[bytes] | None = None
+        self.started = 0.0
+        self.sendfile_job: _SendfileJob | None = None
+
+    def make_parser(self) -> HttpConnection:
+        return HttpConnection(self.lt.worker.limits)
+
+    # -- asyncio callbacks (loop thread) -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER)
+        self.environ = connection_environ(self.base, transport.get_extra_info("sockname"),
+                                          transport.get_extra_info("peername"))
+        lt = self.lt
+        lt.connections.add(self)
+        self.deadline = lt.now + lt.config.header_timeout
+        if len(lt.connections) >= lt.config.max_connections:
+            lt.pause_accepting()
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        parser.receive_data(data)
+        if parser.events and not self.busy:
+            self.process()
+        if self.closed:
+            return
+        lt = self.lt
+        if self.busy:
+            pass  # the write deadline governs
+        elif parser.in_head:
+            if self.state != READING:
+                self.state = READING
+                self.deadline = lt.now + lt.config.header_timeout
+        elif parser.in_message:
+            self.state = READING
+            self.deadline = lt.now + lt.config.io_timeout
+        if len(parser.events) >= MAX_QUEUED_EVENTS and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.parser.eof_received()
+        if self.parser.events and not self.busy:
+            self.process()
+        if not self.busy and not self.closed:
+            self.close()
+        return True  # keep the write side open to finish a response in progress
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.lt.connection_closed(self)
+        if self.sendfile_job is not None:
+            self.sendfile_job.cancel()
+        if self.busy:
+            # The client went away mid-response: the app's close() is still owed (PEP 3333).
+            self.busy = False
+            self._release()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.busy and not self.closed:
+            self.deadline = self.lt.now + self.lt.config.io_timeout
+            if self.sendfile_job is not None:
+                self.sendfile_job.resume()
+            elif self.iterator is not None:
+                self.stream()
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def process(self) -> None:
+        """Handle queued events in wire order until one needs to wait for the client."""
+        events = self.parser.events
+        transport = self.transport
+        while events and not self.busy and not self.closed:
+            event = events.popleft()
+            if type(event) is Request:
+                self.serve(event)
+            elif type(event) is ContinueRequest:
+                transport.write(event.interim)
+            else:
+                assert isinstance(event, ProtocolError)
+                self.reject(event)
+                return
+        if self.reading_paused and len(events) < MAX_QUEUED_EVENTS // 2 and not self.closed:
+            self.reading_paused = False
+            transport.resume_reading()
+        if not self.busy and not self.closed:
+            if self.parser.broken and not events:
+                self.close()
+            elif not self.parser.in_message:
+                self.idle()
+
+    def idle(self) -> None:
+        lt = self.lt
+        if lt.stopping and self.served:
+            self.close()
+            return
+        self.state = IDLE
+        self.deadline = lt.now + lt.config.keepalive_timeout
+
+    def reject(self, error: ProtocolError) -> None:
+        """Bad input: a short answer (HTTP) and close; the worker is unharmed."""
+        peer = self.environ.get("REMOTE_ADDR", "?")
+        log.info("bad request from %s: %s %s", peer, error.status or "", error.reason)
+        if error.status:
+            self.transport.write(error_response(error.status, error.reason, self.lt.server_date))
+        self.close()
+
+    def serve(self, request: Request) -> None:
+        """Call the app for one request and start sending its response (loop thread)."""
+        lt = self.lt
+        if not lt.keepalive:
+            request.keep_alive = False
+        environ = self.environ.copy()
+        environ.update(request.environ)
+        environ["wsgi.input"] = request.body
+        response = Response(request, lt.server_date, self.transport.write)
+        self.request = request
+        self.response = response
+        self.result = None
+        self.iterator = None
+        if lt.access_log:
+            self.started = time.perf_counter()
+        try:
+            result = self.result = lt.app(environ, response.start_response)
+            if type(result) is list and len(result) == 1:
+                data = result[0]  # the common case: the whole body in one piece
+                if type(data) is not bytes:
+                    raise ResponseError(f"the app's body is {type(data).__name__}, not bytes")
+                self.transport.write(response.head_bytes(len(data)) + response.frame(data)
+                                     + response.end())
+                self.finish()
+                return
+            if type(result) is FileWrapper and _SendfileJob.usable(result):
+                self.busy = True
+                self.state = WRITING
+                self.sendfile_job = _SendfileJob(self, result)
+                self.sendfile_job.start()
+                return
+            self.iterator = iter(result)
+        except Exception as exc:
+            self.app_failed(exc)
+            return
+        self.busy = True
+        self.state = WRITING
+        self.deadline = lt.now + lt.config.io_timeout
+        self.stream()
+
+    def stream(self) -> None:
+        """Iterate the app's body until it ends or the transport asks us to wait."""
+        response = self.response
+        iterator = self.iterator
+        assert response is not None and iterator is not None
+        write = self.transport.write
+        try:
+            for data in iterator:
+                if type(data) is not bytes:
+                    raise ResponseError(f"the app yielded {type(data).__name__}, not bytes")
+                if not data:
+                    continue  # PEP 3333: headers wait for the first non-empty chunk
+                out = response.frame(data)
+                if not response.head_sent:
+                    out = response.head_bytes(None) + out
+                write(out)
+                if self.write_paused or self.closed:
+                    return  # resume_writing() continues, connection_lost() cleans up
+            tail = response.end()
+            if not response.head_sent:
+                tail = response.head_bytes(0) + tail
+            write(tail)
+        except Exception as exc:
+            self.app_failed(exc)
+            return
+        self.finish()
+
+    def app_failed(self, exc: Exception) -> None:
+        """The app raised or broke PEP 3333: 500 if nothing was sent, else cut the response."""
+        environ = self.request.environ if self.request else {}
+        log.error("error handling %s %s", environ.get("REQUEST_METHOD"),
+                  environ.get("REQUEST_URI"), exc_info=exc)
+        response = self.response
+        if response is not None and not response.head_sent:
+            self.transport.write(error_response(500, "The application failed",
+                                                self.lt.server_date))
+        self.busy = True  # so _release() runs below exactly once
+        self._release()
+        self.close()
+
+    def finish(self) -> None:
+        """The response is complete: clean up, then keep the connection or close it."""
+        response = self.response
+        assert response is not None
+        lt = self.lt
+        if lt.access_log:
+            self._log_access(response)
+        self.busy = True
+        self._release()
+        lt.count_request()
+        if not response.keep_alive or lt.stopping:
+            self.close()
+
+    def _release(self) -> None:
+        """Call the iterable's close() and free the body; once per request."""
+        if not self.busy:
+            return
+        self.busy = False
+        result, request = self.result, self.request
+        self.result = self.iterator = None
+        self.request = None
+        self.served += 1
+        try:
+            close_iterable(result)
+        except Exception:
+            log.exception("error in the app's close()")
+        if request is not None and request.body is not EMPTY_INPUT:
+            request.body.close()
+
+    def _log_access(self, response: Response) -> None:
+        request = self.request.environ if self.request else {}
+        status = (response.status or "500").split(" ", 1)[0]
+        took = (time.perf_counter() - self.started) * 1000
+        access.info('%s "%s %s %s" %s %d %.1fms', self.environ.get("REMOTE_ADDR"),
+                    request.get("REQUEST_METHOD"), request.get("REQUEST_URI"),
+                    request.get("SERVER_PROTOCOL"), status, response.sent, took)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def timed_out(self) -> None:
+        """Called by the loop tick when the deadline passed."""
+        if self.state in (READING, WRITING):
+            what = "request" if self.state == READING else "response"
+            log.info("dropping connection from %s: no progress on its %s within the timeout",
+                     self.environ.get("REMOTE_ADDR", "?"), what)
+            if self.state == READING and self.parser.in_head and not self.busy:
+                self.transport.write(error_response(408, "Request timeout",
+                                                    self.lt.server_date))
+        self.close()
+        if self.busy:
+            self.transport.abort()
+
+
+class _SendfileJob:
+    """Send a regular file with os.sendfile, waiting on socket writability between bursts."""
+
+    def __init__(self, conn: Connection, wrapper: FileWrapper) -> None:
+        self.conn = conn
+        self.wrapper = wrapper
+        self.file: BinaryIO = wrapper.filelike  # type: ignore[assignment]
+        self.offset = 0
+        self.left = 0
+        self.watch_fd = -1
+
+    @staticmethod
+    def usable(wrapper: FileWrapper) -> bool:
+        try:
+            return stat.S_ISREG(os.fstat(wrapper.filelike.fileno()).st_mode)
+        except (AttributeError, OSError, ValueError):
+            return False
+
+    def start(self) -> None:
+        conn = self.conn
+        response = conn.response
+        assert response is not None
+        fd = self.file.fileno()
+        self.offset = self.file.tell()
+        size = max(0, os.fstat(fd).st_size - self.offset)
+        head = response.head_bytes(size)
+        self.left = size if response.remaining is None else min(size, response.remaining)
+        if response.head or response.chunked:
+            self.left = 0
+        response.sent = self.left
+        # Zero high-water mark: pause_writing() now means "anything is buffered", and
+        # resume_writing() "the buffer is empty", which is when sendfile may write directly.
+        conn.transport.set_write_buffer_limits(0)
+        conn.transport.write(head)
+        if not conn.write_paused:
+            self.resume()
+
+    def resume(self) -> None:
+        conn = self.conn
+        sock = conn.transport.get_extra_info("socket")
+        out_fd = sock.fileno()
+        in_fd = self.file.fileno()
+        try:
+            while self.left > 0:
+                sent = os.sendfile(out_fd, in_fd, self.offset, min(self.left, 1 << 20))
+                if sent == 0:  # the file shrank under us
+                    conn.response.keep_alive = False  # type: ignore[union-attr]
+                    break
+                self.offset += sent
+                self.left -= sent
+        except BlockingIOError:
+            self._watch()
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                log.warning("sendfile failed: %s", exc)
+            self.cancel()
+            conn.sendfile_job = None
+            conn.transport.abort()
+            return
+        self.cancel()
+        conn.sendfile_job = None
+        conn.transport.set_write_buffer_limits(HIGH_WATER)
+        conn.finish()
+        if not conn.closed:
+            conn.process()
+
+    def _watch(self) -> None:
+        """Wait for writability on a duplicate of the socket fd (the transport owns the fd)."""
+        loop = self.conn.lt.loop
+        if self.watch_fd < 0:
+            sock = self.conn.transport.get_extra_info("socket")
+            self.watch_fd = os.dup(sock.fileno())
+        loop.add_writer(self.watch_fd, self._writable)
+        self.conn.deadline = self.conn.lt.now + self.conn.lt.config.io_timeout
+
+    def _writable(self) -> None:
+        self.conn.lt.loop.remove_writer(self.watch_fd)
+        self.conn.deadline = self.conn.lt.now + self.conn.lt.config.io_timeout
+        self.resume()
+
+    def cancel(self) -> None:
+        if self.watch_fd >= 0:
+            self.conn.lt.loop.remove_writer(self.watch_fd)
+            os.close(self.watch_fd)
+            self.watch_fd = -1
+
+
+class LoopThread:
+    """One event loop, its servers and connections. All methods run on its own thread unless
+    marked otherwise."""
+
+    def __init__(self, worker: Worker, index: int) -> None:
+        self.worker = worker
+        self.config = worker.config
+        self.app = worker.app
+        self.index = index
+        self.loop = uvloop.new_event_loop()
+        self.connections: set[Connection] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.accepting = True
+        self.stopping = False
+        self.keepalive = worker.config.keepalive_timeout > 0
+        self.access_log = worker.config.access_log
+        self.now = self.loop.time()
+        self.last_tick = time.monotonic()  # read by the worker's main thread
+        self.server_date = ""
+        self._refresh_date()
+        self.thread = threading.Thread(target=self._run, name=f"loop-{index}", daemon=True)
+
+    def _refresh_date(self) -> None:
+        self.server_date = (f"Server: drover\r\nDate: {formatdate(usegmt=True)}\r\n")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._listen())
+            self.loop.call_later(1.0, self._tick)
+            self.loop.run_forever()
+        except Exception:
+            log.exception("loop thread %d failed", self.index)
+        finally:
+            for conn in list(self.connections):
+                conn.transport.abort()
+            self.loop.run_until_complete(asyncio.sleep(0))
+            self.loop.close()
+            self.worker.wake()  # the main thread notices the stop at once
+
+    async def _listen(self) -> None:
+        for listener in self.worker.listeners:
+            factory = self.worker.factory_for(self, listener)
+            server = await self.loop.create_server(factory, sock=listener.sock.dup(),
+                                                   backlog=self.config.backlog)
+            self.servers.append(server)
+
+    def _tick(self) -> None:
+        self.now = now = self.loop.time()
+        self.last_tick = time.monotonic()
+        self._refresh_date()
+        expired = [c for c in self.connections if c.deadline < now]
+        for conn in expired:
+            conn.timed_out()
+        if not self.stopping:
+            self.loop.call_later(1.0, self._tick)
+        elif not self.connections or now > self.stop_deadline:
+            self.loop.stop()
+        else:
+            self.loop.call_later(0.1, self._tick)
+
+    def count_request(self) -> None:
+        self.worker.count_request()
+
+    def pause_accepting(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            log.warning("thread %d has %d connections (--max-connections): not accepting",
+                        self.index, len(self.connections))
+            for server in self.servers:
+                server.close()
+            self.servers.clear()
+
+    def connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if self.stopping:
+            if not self.connections:
+                self.loop.stop()
+        elif not self.accepting and len(self.connections) < self.config.max_connections * 0.9:
+            self.accepting = True
+            self.loop.create_task(self._listen())
+
+    def begin_stop(self) -> None:
+        """Graceful stop: accept no more, finish responses in flight, close idle connections."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_deadline = self.loop.time() + self.config.graceful_timeout
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+        for conn in list(self.connections):
+            # Idle keep-alive connections go now; a fresh one gets its first request served.
+            if not conn.busy and not conn.parser.in_message and conn.served:
+                conn.close()
+        if not self.connections:
+            self.loop.stop()
+        else:
+            self.loop.call_later(0.1, self._tick)
+
+
+class Worker:
+    """The worker process: its loop threads and its main (control) thread."""
+
+    def __init__(self, config: Config, listeners: list[Listener], app: WsgiApp,
+                 worker_id: int, pipe: int) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.app = app
+        self.worker_id = worker_id
+        self.pipe = pipe
+        self.limits = HttpLimits(
+            request_line=config.limit_request_line, fields=config.limit_request_fields,
+            field_size=config.limit_request_field_size,
+            header_block=config.limit_request_headers, body=config.limit_request_body,
+            spill=config.body_buffer_size)
+        self.served = 0
+        self.retiring = False
+        self.environs = {
+            id(listener): base_environ(config.threads > 1, config.workers > 1)
+            for listener in listeners}
+        self.threads = [LoopThread(self, i) for i in range(config.threads)]
+        self._signals: list[int] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def wake(self) -> None:
+        """Interrupt the main thread's wait (any thread)."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def factory_for(self, lt: LoopThread, listener: Listener) -> Callable[[], Connection]:
+        environ = self.environs[id(listener)]
+        if listener.protocol == "uwsgi":
+            from drover.uwsgi_connection import UwsgiConnection
+
+            return lambda: UwsgiConnection(lt, environ)
+        return lambda: Connection(lt, environ)
+
+    def count_request(self) -> None:
+        """Runs on loop threads; an approximate count is fine for recycling."""
+        self.served += 1
+        limit = self.config.max_requests
+        if limit and self.served >= limit and not self.retiring:
+            self.retiring = True
+            log.info("worker %d served %d requests (--max-requests): recycling",
+                     self.worker_id, self.served)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)  # only queue: the main loop acts (no work in handlers)
+
+    def run(self) -> None:
+        """The main thread: start loops, then signals and heartbeats until stopped."""
+        wake_r = self._wake_r
+        signal.set_wakeup_fd(self._wake_w)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, self._on_signal)
+        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
+                       signal.SIGTTOU, signal.SIGWINCH):
+            signal.signal(signum, signal.SIG_IGN)
+        for lt in self.threads:
+            lt.thread.start()
+        os.write(self.pipe, b"R")
+        master = os.getppid()
+        stopping = False
+        while True:
+            with contextlib.suppress(InterruptedError):
+                select.select([wake_r], [], [], 1.0)
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 64)
+            while self._signals:
+                signum = self._signals.pop(0)
+                if signum == signal.SIGQUIT:
+                    os._exit(0)
+                if not stopping:
+                    stopping = True
+                    log.info("worker %d stopping gracefully", self.worker_id)
+                    for lt in self.threads:
+                        lt.loop.call_soon_threadsafe(lt.begin_stop)
+            if stopping:
+                if not any(lt.thread.is_alive() for lt in self.threads):
+                    break
+                continue
+            if os.getppid() != master:
+                log.warning("worker %d: master is gone, stopping", self.worker_id)
+                self._signals.append(signal.SIGTERM)
+                continue
+            dead = [lt.index for lt in self.threads if not lt.thread.is_alive()]
+            if dead:
+                log.error("worker %d: loop thread(s) %s died; exiting", self.worker_id, dead)
+                os._exit(1)
+            now = time.monotonic()
+            if all(now - lt.last_tick < 3.0 for lt in self.threads):
+                with contextlib.suppress(OSError):
+                    os.write(self.pipe, b".")
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def load_worker_app(config: Config, listeners: list[Listener]) -> WsgiApp:
+    """Import the app in the worker (no --preload), or the welcome page when none is given."""
+    if not config.app:
+        from drover.welcome import make_welcome_app
+
+        return make_welcome_app([listener.display for listener in listeners])
+    from drover.loader import load_app, prepare_path
+
+    prepare_path(config.chdir, config.pythonpath)
+    return load_app(config.app)
+
+
+def run_worker(config: Config, listeners: list[Listener], app: WsgiApp | None,
+               worker_id: int, pipe: int) -> None:
+    """Entry point in the child after fork; never returns."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"{config.proc_name}: worker {worker_id} "
+                                  f"[{config.app or 'welcome'}]")
+    except ImportError:  # pragma: no cover - a hard dependency, but titles are cosmetic
+        pass
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                   signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_DFL)
+    if app is None:
+        from drover.loader import AppLoadError
+
+        try:
+            app = load_worker_app(config, listeners)
+        except AppLoadError as exc:
+            log.error("cannot load the app: %s", exc)
+            sys.stderr.flush()
+            os._exit(EXIT_APP_LOAD)
+        except BaseException as exc:
+            log.error("cannot load the app %r: importing it raised %s", config.app,
+                      type(exc).__name__, exc_info=exc)
+            sys.stderr.flush()
+            os._exit(EXIT_APP_LOAD)
+    try:
+        Worker(config, listeners, app, worker_id, pipe).run()
+    except BaseException:
+        log.exception("worker %d failed", worker_id)
+        sys.stderr.flush()
+        os._exit(1)
+
+
+__all__ = ["EXIT_APP_LOAD", "run_worker"]
