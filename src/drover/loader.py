@@ -113,7 +113,7 @@ def load_app(spec: str) -> Callable[..., Any]:
 
     if attr_part:
         name, args, kwargs, is_call = _parse_attribute(attr_part, spec)
-        candidates = (name,)
+        candidates: tuple[str, ...] = (name,)
     else:
         args, kwargs, is_call = (), {}, False
         candidates = DEFAULT_NAMES

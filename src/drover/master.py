@@ -41,9 +41,9 @@ from drover.sockets import Listener, bind, close_listeners
 
 EXIT_APP_LOAD = 3  # keep in step with drover.worker.EXIT_APP_LOAD (not imported: see above)
 
-SIGNAL_NAMES = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGQUIT: "quit",
-                signal.SIGHUP: "hup", signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou",
-                signal.SIGCHLD: "chld"}
+SIGNAL_NAMES: dict[int, str] = {
+    signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGQUIT: "quit", signal.SIGHUP: "hup",
+    signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld"}
 
 
 @dataclass

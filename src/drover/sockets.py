@@ -5,6 +5,7 @@ Runs in the master, before workers are forked; workers inherit the bound sockets
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -122,7 +123,5 @@ def close_listeners(listeners: list[Listener], unlink: bool) -> None:
     for listener in listeners:
         listener.sock.close()
         if unlink and listener.address.is_unix:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(listener.address.path)
-            except FileNotFoundError:
-                pass

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import os
 import select
 import signal
@@ -44,12 +45,12 @@ from typing import Any, BinaryIO
 
 import uvloop
 
-from drover import __version__
 from drover.body import EMPTY_INPUT
 from drover.config import Config
 from drover.logs import access, log
 from drover.protocols.http import HttpConnection, HttpLimits, error_response
 from drover.protocols.request import ContinueRequest, ProtocolError, Request
+from drover.protocols.uwsgi import UwsgiConnection
 from drover.sockets import Listener
 from drover.wsgi import (
     FileWrapper,
@@ -81,7 +82,7 @@ class Connection(asyncio.Protocol):
         self.base = environ
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.environ: dict[str, Any] = environ
-        self.parser = self.make_parser()
+        self.parser: HttpConnection | UwsgiConnection = self.make_parser()
         self.closed = False
         self.busy = False  # a response is being streamed
         self.write_paused = False
@@ -104,7 +105,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(HIGH_WATER)
+        self.transport.set_write_buffer_limits(HIGH_WATER)
         self.environ = connection_environ(self.base, transport.get_extra_info("sockname"),
                                           transport.get_extra_info("peername"))
         lt = self.lt
@@ -149,8 +150,7 @@ class Connection(asyncio.Protocol):
             self.sendfile_job.cancel()
         if self.busy:
             # The client went away mid-response: the app's close() is still owed (PEP 3333).
-            self.busy = False
-            self._release()
+            self._release(*self._end_response())
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -163,6 +163,8 @@ class Connection(asyncio.Protocol):
                 self.sendfile_job.resume()
             elif self.iterator is not None:
                 self.stream()
+                if not self.busy and not self.closed:
+                    self.process()  # requests pipelined behind the streamed one
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -214,36 +216,39 @@ class Connection(asyncio.Protocol):
         environ.update(request.environ)
         environ["wsgi.input"] = request.body
         response = Response(request, lt.server_date, self.transport.write)
-        self.request = request
-        self.response = response
-        self.result = None
-        self.iterator = None
         if lt.access_log:
             self.started = time.perf_counter()
+        result = None
         try:
-            result = self.result = lt.app(environ, response.start_response)
-            if type(result) is list and len(result) == 1:
+            result = lt.app(environ, response.start_response)
+            if type(result) is list and len(result) == 1 and type(result[0]) is bytes:
                 data = result[0]  # the common case: the whole body in one piece
-                if type(data) is not bytes:
-                    raise ResponseError(f"the app's body is {type(data).__name__}, not bytes")
-                self.transport.write(response.head_bytes(len(data)) + response.frame(data)
-                                     + response.end())
-                self.finish()
+                head = response.head_bytes(len(data))
+                if response.remaining == len(data) and not response.head:
+                    self.transport.write(head + data)
+                else:
+                    self.transport.write(head + response.frame(data) + response.end())
+                self.done(request, response, None)
                 return
             if type(result) is FileWrapper and _SendfileJob.usable(result):
-                self.busy = True
-                self.state = WRITING
+                self._begin_response(request, response, result)
                 self.sendfile_job = _SendfileJob(self, result)
                 self.sendfile_job.start()
                 return
+            self._begin_response(request, response, result)
             self.iterator = iter(result)
         except Exception as exc:
-            self.app_failed(exc)
+            self.app_failed(request, response, result, exc)
             return
+        self.stream()
+
+    def _begin_response(self, request: Request, response: Response,
+                        result: Iterable[bytes]) -> None:
+        """A response that may outlive this callback (streamed or sent from a file)."""
+        self.request, self.response, self.result = request, response, result
         self.busy = True
         self.state = WRITING
-        self.deadline = lt.now + lt.config.io_timeout
-        self.stream()
+        self.deadline = self.lt.now + self.lt.config.io_timeout
 
     def stream(self) -> None:
         """Iterate the app's body until it ends or the transport asks us to wait."""
@@ -268,59 +273,67 @@ class Connection(asyncio.Protocol):
                 tail = response.head_bytes(0) + tail
             write(tail)
         except Exception as exc:
-            self.app_failed(exc)
+            request, result = self._end_response()
+            self.app_failed(request, response, result, exc)
             return
         self.finish()
 
-    def app_failed(self, exc: Exception) -> None:
-        """The app raised or broke PEP 3333: 500 if nothing was sent, else cut the response."""
-        environ = self.request.environ if self.request else {}
-        log.error("error handling %s %s", environ.get("REQUEST_METHOD"),
-                  environ.get("REQUEST_URI"), exc_info=exc)
-        response = self.response
-        if response is not None and not response.head_sent:
-            self.transport.write(error_response(500, "The application failed",
-                                                self.lt.server_date))
-        self.busy = True  # so _release() runs below exactly once
-        self._release()
-        self.close()
-
     def finish(self) -> None:
-        """The response is complete: clean up, then keep the connection or close it."""
+        """A streamed or sendfile response is complete."""
         response = self.response
-        assert response is not None
+        request, result = self._end_response()
+        assert response is not None and request is not None
+        self.done(request, response, result)
+
+    def _end_response(self) -> tuple[Request | None, Iterable[bytes] | None]:
+        request, result = self.request, self.result
+        self.request = self.response = self.result = self.iterator = None
+        self.busy = False
+        return request, result
+
+    def done(self, request: Request, response: Response, result: Iterable[bytes] | None) -> None:
+        """The response is written: release the request, then keep the connection or close."""
+        self.served += 1
         lt = self.lt
         if lt.access_log:
-            self._log_access(response)
-        self.busy = True
-        self._release()
-        lt.count_request()
+            self._log_access(request, response)
+        self._release(request, result)
+        worker = lt.worker
+        worker.served += 1
+        if worker.served == worker.max_requests:
+            worker.recycle()
         if not response.keep_alive or lt.stopping:
             self.close()
 
-    def _release(self) -> None:
-        """Call the iterable's close() and free the body; once per request."""
-        if not self.busy:
-            return
-        self.busy = False
-        result, request = self.result, self.request
-        self.result = self.iterator = None
-        self.request = None
-        self.served += 1
-        try:
-            close_iterable(result)
-        except Exception:
-            log.exception("error in the app's close()")
+    def app_failed(self, request: Request | None, response: Response | None,
+                   result: Iterable[bytes] | None, exc: Exception) -> None:
+        """The app raised or broke PEP 3333: 500 if nothing was sent, else cut the response."""
+        environ = request.environ if request is not None else {}
+        log.error("error handling %s %s", environ.get("REQUEST_METHOD"),
+                  environ.get("REQUEST_URI"), exc_info=exc)
+        if response is not None and not response.head_sent:
+            self.transport.write(error_response(500, "The application failed",
+                                                self.lt.server_date))
+        self._release(request, result)
+        self.close()
+
+    def _release(self, request: Request | None, result: Iterable[bytes] | None) -> None:
+        """PEP 3333: the iterable's close() is always called; the body's file is freed."""
+        if result is not None:
+            try:
+                close_iterable(result)
+            except Exception:
+                log.exception("error in the app's close()")
         if request is not None and request.body is not EMPTY_INPUT:
             request.body.close()
 
-    def _log_access(self, response: Response) -> None:
-        request = self.request.environ if self.request else {}
+    def _log_access(self, request: Request, response: Response) -> None:
+        environ = request.environ
         status = (response.status or "500").split(" ", 1)[0]
         took = (time.perf_counter() - self.started) * 1000
         access.info('%s "%s %s %s" %s %d %.1fms', self.environ.get("REMOTE_ADDR"),
-                    request.get("REQUEST_METHOD"), request.get("REQUEST_URI"),
-                    request.get("SERVER_PROTOCOL"), status, response.sent, took)
+                    environ.get("REQUEST_METHOD"), environ.get("REQUEST_URI"),
+                    environ.get("SERVER_PROTOCOL"), status, response.sent, took)
 
     def close(self) -> None:
         if not self.closed:
@@ -339,6 +352,23 @@ class Connection(asyncio.Protocol):
         self.close()
         if self.busy:
             self.transport.abort()
+
+
+class UwsgiHandler(Connection):
+    """A uwsgi connection: one request from nginx (or another uwsgi client), then close."""
+
+    protocol_name = "uwsgi"
+
+    def make_parser(self) -> UwsgiConnection:  # type: ignore[override]
+        return UwsgiConnection(self.lt.worker.limits, self.lt.config.buffer_size)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        # The protocol has no authentication: over TCP only listed peers may speak it.
+        if isinstance(peer, tuple) and not self.lt.worker.uwsgi_allowed(peer[0]):
+            log.warning("refused uwsgi connection from %s (not in --uwsgi-allow-from)", peer[0])
+            self.close()
 
 
 class _SendfileJob:
@@ -490,9 +520,6 @@ class LoopThread:
         else:
             self.loop.call_later(0.1, self._tick)
 
-    def count_request(self) -> None:
-        self.worker.count_request()
-
     def pause_accepting(self) -> None:
         if self.accepting:
             self.accepting = False
@@ -545,11 +572,14 @@ class Worker:
             field_size=config.limit_request_field_size,
             header_block=config.limit_request_headers, body=config.limit_request_body,
             spill=config.body_buffer_size)
-        self.served = 0
+        self.served = 0  # requests answered, over all loop threads (approximate: no lock)
+        self.max_requests = config.max_requests or -1
         self.retiring = False
         self.environs = {
             id(listener): base_environ(config.threads > 1, config.workers > 1)
             for listener in listeners}
+        self.uwsgi_networks = [ipaddress.ip_network(net, strict=False) for net in
+                               (config.uwsgi_allow_from or ("127.0.0.0/8", "::1/128"))]
         self.threads = [LoopThread(self, i) for i in range(config.threads)]
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
@@ -564,16 +594,19 @@ class Worker:
     def factory_for(self, lt: LoopThread, listener: Listener) -> Callable[[], Connection]:
         environ = self.environs[id(listener)]
         if listener.protocol == "uwsgi":
-            from drover.uwsgi_connection import UwsgiConnection
-
-            return lambda: UwsgiConnection(lt, environ)
+            return lambda: UwsgiHandler(lt, environ)
         return lambda: Connection(lt, environ)
 
-    def count_request(self) -> None:
-        """Runs on loop threads; an approximate count is fine for recycling."""
-        self.served += 1
-        limit = self.config.max_requests
-        if limit and self.served >= limit and not self.retiring:
+    def uwsgi_allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.uwsgi_networks)
+
+    def recycle(self) -> None:
+        """--max-requests reached (on a loop thread): stop gracefully; the master replaces us."""
+        if not self.retiring:
             self.retiring = True
             log.info("worker %d served %d requests (--max-requests): recycling",
                      self.worker_id, self.served)
@@ -602,8 +635,7 @@ class Worker:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 64)
             while self._signals:
-                signum = self._signals.pop(0)
-                if signum == signal.SIGQUIT:
+                if self._signals.pop(0) == signal.SIGQUIT:
                     os._exit(0)
                 if not stopping:
                     stopping = True

@@ -93,7 +93,7 @@ _NAME_KINDS: dict[str, int] = {}
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 section 5.6.2
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (section 5.5)
 _STATUS = re.compile(r"[1-5][0-9][0-9] [^\x00-\x1f\x7f]*\Z")
-_GOOD_STATUS: set[str] = set()
+_STATUS_HAS_BODY: dict[str, bool] = {}  # validated status lines
 
 
 class ResponseError(Exception):
@@ -111,13 +111,20 @@ def _name_kind(name: Any) -> int:
     return kind
 
 
-def _check_value(name: str, value: Any) -> str:
+def _check_value(name: str, value: Any) -> None:
+    """The slow path for values with unprintable characters: only HTAB is allowed."""
     if type(value) is not str:
         raise ResponseError(f"response header {name!r} has a non-str value {value!r}")
-    if not value.isprintable() and _BAD_VALUE.search(value):
+    if _BAD_VALUE.search(value):
         raise ResponseError(f"response header {name!r} contains a control character "
                             "(CR, LF or NUL): refused")
-    return value
+
+
+def _check_status(status: Any) -> None:
+    if type(status) is not str or not _STATUS.match(status):
+        raise ResponseError(f"invalid status {status!r}: want 'NNN Reason'")
+    if len(_STATUS_HAS_BODY) < 1024:
+        _STATUS_HAS_BODY[status] = status_has_body(status)
 
 
 class Response:
@@ -150,47 +157,45 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise ResponseError("start_response called a second time without exc_info")
-        if status not in _GOOD_STATUS:
-            if type(status) is not str or not _STATUS.match(status):
-                raise ResponseError(f"invalid status {status!r}: want 'NNN Reason'")
-            if len(_GOOD_STATUS) < 1024:
-                _GOOD_STATUS.add(status)
+        if status not in _STATUS_HAS_BODY:
+            _check_status(status)
         if type(headers) is not list:
             raise ResponseError(f"response headers must be a list, not {type(headers).__name__}")
         lines: list[str] = []
-        content_length = None
-        keep_alive = self.keep_alive
-        server_date = self.server_date
-        for item in headers:
-            if type(item) is not tuple or len(item) != 2:
-                raise ResponseError(f"response header {item!r} is not a (name, value) tuple")
-            name, value = item
-            kind = _name_kind(name)
-            value = _check_value(name, value)
-            if kind == _ORDINARY:
-                lines.append(f"{name}: {value}\r\n")
-            elif kind == _LENGTH:
-                if not value.strip().isdigit() or content_length is not None:
-                    raise ResponseError(f"invalid or repeated Content-Length {value!r}")
-                content_length = int(value)
-            elif kind == _CONNECTION:
-                if "close" in value.lower():
-                    keep_alive = False
-            elif kind == _DATE:
-                lines.append(f"{name}: {value}\r\n")
-                server_date = "".join(line for line in server_date.splitlines(True)
-                                      if not line.startswith("Date:"))
-            elif kind == _SERVER:
-                lines.append(f"{name}: {value}\r\n")
-                server_date = "".join(line for line in server_date.splitlines(True)
-                                      if not line.startswith("Server:"))
-            # _DROP: hop-by-hop fields are the server's business (PEP 3333), not the app's
+        kinds = _NAME_KINDS
+        try:
+            for name, value in headers:
+                kind = kinds.get(name)
+                if kind is None:
+                    kind = _name_kind(name)
+                if not value.isprintable():
+                    _check_value(name, value)
+                if kind == _ORDINARY:
+                    lines.append(f"{name}: {value}\r\n")
+                else:
+                    self._special(kind, name, value, lines)
+        except (TypeError, ValueError, AttributeError):
+            raise ResponseError(f"response headers must be (str, str) tuples: {headers!r}") \
+                from None
         self.status = status
         self.headers = lines
-        self.content_length = content_length
-        self.keep_alive = keep_alive
-        self.server_date = server_date
         return self.write
+
+    def _special(self, kind: int, name: str, value: str, lines: list[str]) -> None:
+        """Header fields the server acts on rather than passes through."""
+        if kind == _LENGTH:
+            if not value.strip().isdigit() or self.content_length is not None:
+                raise ResponseError(f"invalid or repeated Content-Length {value!r}")
+            self.content_length = int(value)
+        elif kind == _CONNECTION:
+            if "close" in value.lower():
+                self.keep_alive = False
+        elif kind == _DATE or kind == _SERVER:
+            lines.append(f"{name}: {value}\r\n")
+            prefix = "Date:" if kind == _DATE else "Server:"
+            self.server_date = "".join(line for line in self.server_date.splitlines(True)
+                                       if not line.startswith(prefix))
+        # _DROP: hop-by-hop fields are the server's business (PEP 3333), not the app's
 
     def write(self, data: bytes) -> None:
         """The legacy write() callable (PEP 3333): sends at once, without backpressure."""
@@ -211,7 +216,10 @@ class Response:
         self.head_sent = True
         parts = ["HTTP/1.1 ", status, "\r\n", self.server_date, *self.headers]
         length = self.content_length
-        if not status_has_body(status):
+        has_body = _STATUS_HAS_BODY.get(status)
+        if has_body is None:
+            has_body = status_has_body(status)
+        if not has_body:
             if length is not None:
                 parts.append(f"Content-Length: {length}\r\n")
             self.remaining = 0

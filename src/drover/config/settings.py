@@ -138,6 +138,16 @@ def parse_address(text: str) -> str:
     return text.strip()
 
 
+def parse_network(text: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address or network (CIDR)") from None
+    return text.strip()
+
+
 def parse_log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in ("debug", "info", "warning", "error", "critical"):
@@ -169,7 +179,7 @@ class Config:
         (), SOCKETS,
         "Peer addresses or networks (CIDR) allowed to speak uwsgi over TCP. Default: loopback "
         "only. Unix sockets are governed by --chmod-socket. Repeat for several.",
-        parse_str, flags=("--uwsgi-allow-from",), metavar="NET", multi=True)
+        parse_network, flags=("--uwsgi-allow-from",), metavar="NET", multi=True)
     chmod_socket: int | None = setting(
         None, SOCKETS, "File mode of unix sockets Drover creates, in octal (e.g. 660).",
         parse_octal_mode, flags=("--chmod-socket",), metavar="MODE")

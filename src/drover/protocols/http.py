@@ -55,6 +55,7 @@ Event = Request | ContinueRequest | ProtocolError
 
 CONTINUE = ContinueRequest(b"HTTP/1.1 100 Continue\r\n\r\n")
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 # Raw header name -> CGI variable name ("" means: drop the field). Names repeat across requests,
 # so each distinct spelling is converted once; the cache is bounded against hostile variety.
@@ -174,11 +175,9 @@ class HttpConnection:
 
     def on_message_begin(self) -> None:
         self.in_message = self.in_head = True
-        self.head_bytes = 0
+        self.head_bytes = self._hosts = self._fields = 0
         self._url = b""
         self._environ = {}
-        self._hosts = 0
-        self._fields = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -209,25 +208,34 @@ class HttpConnection:
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self._parser
-        version = parser.get_http_version()
-        protocol = _PROTOCOLS.get(version)
+        protocol = _PROTOCOLS.get(parser.get_http_version())
         if protocol is None:
             raise ProtocolError(505, "HTTP version not supported")
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             raise ProtocolError(501, "CONNECT is not supported")
-        environ = self._environ
         if self._hosts != 1 and (self._hosts or protocol == "HTTP/1.1"):
             raise ProtocolError(400, "Missing Host header" if not self._hosts
                                 else "Multiple Host headers")
+        environ = self._environ
         target = self._url
-        path, query = split_target(target)
+        if target[:1] == b"/" and b"#" not in target:  # origin-form, the usual case
+            path, _, query = target.partition(b"?")
+        else:
+            path, query = split_target(target)
         environ["REQUEST_METHOD"] = method
         environ["SERVER_PROTOCOL"] = protocol
         environ["REQUEST_URI"] = target.decode("latin-1")
-        environ["PATH_INFO"] = decode_path(path)
+        environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode(
+            "latin-1")
         environ["QUERY_STRING"] = query.decode("latin-1")
+        if ("CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ
+                or "HTTP_EXPECT" in environ):
+            self._check_body(environ, protocol)
 
+    def _check_body(self, environ: dict[str, str], protocol: str) -> None:
+        """Framing and expectations of a request that may carry a body."""
         limits = self._limits
         body_expected = False
         coding = environ.get("HTTP_TRANSFER_ENCODING")
@@ -267,7 +275,6 @@ class HttpConnection:
 
     def on_message_complete(self) -> None:
         self.in_message = False
-        parser = self._parser
         environ = self._environ
         body = self._body
         if body is None:
@@ -277,7 +284,7 @@ class HttpConnection:
             environ["CONTENT_LENGTH"] = str(body.size)
             self._body = None
         self.events.append(Request(
-            environ, stream, parser.should_keep_alive(),
+            environ, stream, self._parser.should_keep_alive(),
             environ["SERVER_PROTOCOL"] == "HTTP/1.1", environ["REQUEST_METHOD"] == "HEAD"))
 
 

@@ -1,0 +1,186 @@
+"""The uwsgi binary protocol (requests from nginx's uwsgi_pass), sans-I/O.
+
+Theory of operation
+-------------------
+A request is one packet: a 4-byte header (modifier1: u8, datasize: u16 little-endian,
+modifier2: u8), ``datasize`` bytes of vars (each key and value a u16-LE length then the bytes),
+then the body: CONTENT_LENGTH bytes. The answer is a plain HTTP response, and the connection
+carries one request: the response is delimited by closing it.
+
+``UwsgiConnection`` has the same surface as ``http.HttpConnection``: ``receive_data()`` queues
+a ``Request`` or a ``ProtocolError`` on ``events``. Malformed packets (unsupported modifier1,
+vars past the block, a block over ``--buffer-size``) are errors with status 0: the worker closes
+the connection with a log line and answers nothing, as the peer is not speaking uwsgi.
+
+Security: the uwsgi protocol lets a peer pass ``UWSGI_*`` vars that make uWSGI load code
+(UWSGI_FILE, UWSGI_MODULE, UWSGI_SCRIPT, UWSGI_CHDIR, UWSGI_PYHOME...). Drover never honours
+them: every var whose name starts with ``UWSGI_`` is dropped before the app sees the environ.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from drover.body import EMPTY_INPUT, BodyBuffer
+from drover.protocols.http import Event, HttpLimits, decode_path, split_target
+from drover.protocols.request import ProtocolError, Request
+
+HEADER_SIZE = 4
+MODIFIER_WSGI = 0  # modifier1 0: a WSGI/HTTP request with vars (what nginx sends)
+
+# CGI variables PEP 3333 requires, with their defaults when the peer did not send them.
+_REQUIRED = (("REQUEST_METHOD", "GET"), ("SCRIPT_NAME", ""), ("QUERY_STRING", ""),
+             ("SERVER_PROTOCOL", "HTTP/1.0"))
+
+
+def parse_vars(block: bytes) -> dict[str, str]:
+    """The vars block -> CGI environ; ProtocolError(0, ...) if lengths run past the block."""
+    environ: dict[str, str] = {}
+    view = memoryview(block)
+    end = len(block)
+    pos = 0
+    while pos < end:
+        if pos + 2 > end:
+            raise ProtocolError(0, "uwsgi var key length past the end of the vars block")
+        klen = view[pos] | view[pos + 1] << 8
+        pos += 2
+        if pos + klen + 2 > end:
+            raise ProtocolError(0, "uwsgi var key past the end of the vars block")
+        key = bytes(view[pos:pos + klen]).decode("latin-1")
+        pos += klen
+        vlen = view[pos] | view[pos + 1] << 8
+        pos += 2
+        if pos + vlen > end:
+            raise ProtocolError(0, "uwsgi var value past the end of the vars block")
+        value = bytes(view[pos:pos + vlen]).decode("latin-1")
+        pos += vlen
+        if not key or key.startswith("UWSGI_"):
+            continue  # never honour code-loading "magic" vars
+        if key in environ:  # repeated: joined as repeated header fields are
+            environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + value
+        else:
+            environ[key] = value
+    return environ
+
+
+def complete_environ(environ: dict[str, str]) -> None:
+    """Fill what nginx's uwsgi_params may leave out, and map the scheme."""
+    for key, default in _REQUIRED:
+        if key not in environ:
+            environ[key] = default
+    if "PATH_INFO" not in environ:
+        uri = environ.get("REQUEST_URI", "/").encode("latin-1")
+        path, _ = split_target(uri)
+        environ["PATH_INFO"] = decode_path(path)
+    if "REQUEST_URI" not in environ:
+        query = environ["QUERY_STRING"]
+        environ["REQUEST_URI"] = environ["PATH_INFO"] + ("?" + query if query else "")
+    scheme = environ.get("REQUEST_SCHEME") or environ.get("UWSGI_SCHEME")
+    if scheme in ("http", "https"):
+        environ["wsgi.url_scheme"] = scheme
+    elif environ.get("HTTPS", "").lower() in ("on", "1", "true"):
+        environ["wsgi.url_scheme"] = "https"
+    script_name = environ["SCRIPT_NAME"]
+    if script_name and environ["PATH_INFO"].startswith(script_name):
+        environ["PATH_INFO"] = environ["PATH_INFO"][len(script_name):]
+
+
+class UwsgiConnection:
+    """One uwsgi connection's parser state: one request, then the connection closes."""
+
+    __slots__ = ("_body", "_buffer", "_environ", "_left", "_limits", "_vars_limit", "broken",
+                 "events", "in_head", "in_message")
+
+    def __init__(self, limits: HttpLimits, vars_limit: int) -> None:
+        self._limits = limits
+        self._vars_limit = vars_limit
+        self._buffer = bytearray()
+        self._environ: dict[str, str] | None = None
+        self._body: BodyBuffer | None = None
+        self._left = 0
+        self.events: deque[Event] = deque()
+        self.broken = False  # one request per connection: nothing after it is parsed
+        self.in_message = False
+        self.in_head = False
+
+    def receive_data(self, data: bytes) -> None:
+        if self.broken:
+            return
+        self.in_message = True
+        if self._environ is None:
+            self.in_head = True
+            self._buffer += data
+            try:
+                if not self._parse_head():
+                    return
+            except ProtocolError as error:
+                self._fail(error)
+                return
+            self.in_head = False
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            if not self._left:
+                self._complete()
+                return
+        self._receive_body(data)
+
+    def _parse_head(self) -> bool:
+        buffer = self._buffer
+        if len(buffer) < HEADER_SIZE:
+            return False
+        modifier1 = buffer[0]
+        size = buffer[1] | buffer[2] << 8
+        if modifier1 != MODIFIER_WSGI:
+            raise ProtocolError(0, f"unsupported uwsgi modifier1 {modifier1}")
+        if size > self._vars_limit:
+            raise ProtocolError(0, f"uwsgi vars block of {size} bytes exceeds --buffer-size "
+                                f"({self._vars_limit})")
+        if len(buffer) < HEADER_SIZE + size:
+            return False
+        environ = parse_vars(bytes(buffer[HEADER_SIZE:HEADER_SIZE + size]))
+        del buffer[:HEADER_SIZE + size]
+        complete_environ(environ)
+        length_text = environ.get("CONTENT_LENGTH", "")
+        if length_text:
+            if not length_text.isdigit():
+                raise ProtocolError(400, "Invalid CONTENT_LENGTH")
+            length = int(length_text)
+        else:
+            length = 0
+        if self._limits.body and length > self._limits.body:
+            raise ProtocolError(413, "Request body too large")
+        self._environ = environ
+        self._left = length
+        if length:
+            self._body = BodyBuffer(self._limits.spill)
+        return True
+
+    def _receive_body(self, data: bytes) -> None:
+        body = self._body
+        if body is None or not data:
+            return
+        if len(data) > self._left:
+            data = data[:self._left]  # nothing may follow the body on a uwsgi connection
+        body.write(data)
+        self._left -= len(data)
+        if not self._left:
+            self._complete()
+
+    def _complete(self) -> None:
+        environ = self._environ
+        assert environ is not None
+        self.broken = True
+        self.in_message = False
+        body = self._body
+        self._body = None
+        self.events.append(Request(environ, EMPTY_INPUT if body is None else body.finish(),
+                                   False, False, environ["REQUEST_METHOD"] == "HEAD"))
+
+    def _fail(self, error: ProtocolError) -> None:
+        self.broken = True
+        self.in_message = self.in_head = False
+        self.events.append(error)
+
+    def eof_received(self) -> None:
+        if self.in_message and not self.broken:
+            self._fail(ProtocolError(0, "uwsgi packet truncated"))
