@@ -14,7 +14,9 @@ children, kills workers that are stuck, and brings the worker count back to its 
   reload and the old workers keep serving.
 - SIGHUP: a new generation of workers is started (re-importing the app unless --preload); as
   each new worker reports that it booted, one old worker is told to stop gracefully. The
-  listening sockets stay open in the master throughout, so no connection is refused.
+  listening sockets stay open in the master throughout, so no connection is refused. Old
+  workers are retired with SIGHUP, which lets idle keep-alive connections drain rather than
+  cutting them (SIGTERM, for shutdown, closes idle connections at once).
 - SIGTERM/SIGINT: workers stop gracefully within --graceful-timeout, then are killed; exit 0.
   SIGQUIT: workers are told to exit at once.
 - SIGTTIN/SIGTTOU: one worker more or less.
@@ -208,7 +210,7 @@ class Master:
     def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
         told_to_stop = bool(worker.kill_at)
         how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-        if told_to_stop and code in (0, -signal.SIGKILL, -signal.SIGTERM):
+        if told_to_stop and code in (0, -signal.SIGKILL, -signal.SIGTERM, -signal.SIGHUP):
             log.info("worker %d (pid %d) stopped", worker.worker_id, worker.pid)
             return
         if self.stopping:
@@ -265,7 +267,7 @@ class Master:
         if len(current) > self.target:
             for worker in sorted(current, key=lambda w: -w.worker_id)[:len(current) -
                                                                           self.target]:
-                self._stop_worker(worker, signal.SIGTERM)
+                self._stop_worker(worker, signal.SIGHUP)
         elif len(current) < self.target and time.monotonic() >= self.next_spawn:
             self.next_spawn = 0.0
             used = {w.worker_id for w in current}
@@ -307,7 +309,7 @@ class Master:
         old = [w for w in self.workers.values()
                if w.generation != self.generation and not w.kill_at]
         if old:
-            self._stop_worker(old[0], signal.SIGTERM)
+            self._stop_worker(old[0], signal.SIGHUP)
         if len(old) <= 1 and all(w.booted for w in self._current()):
             log.info("reload complete")
             self.reload_from = None

@@ -193,9 +193,6 @@ class Connection(asyncio.Protocol):
 
     def idle(self) -> None:
         lt = self.lt
-        if lt.stopping and self.served:
-            self.close()
-            return
         self.state = IDLE
         self.deadline = lt.now + lt.config.keepalive_timeout
 
@@ -262,10 +259,11 @@ class Connection(asyncio.Protocol):
                     raise ResponseError(f"the app yielded {type(data).__name__}, not bytes")
                 if not data:
                     continue  # PEP 3333: headers wait for the first non-empty chunk
-                out = response.frame(data)
-                if not response.head_sent:
-                    out = response.head_bytes(None) + out
-                write(out)
+                if response.head_sent:
+                    write(response.frame(data))
+                else:
+                    head = response.head_bytes(None)  # decides the framing first
+                    write(head + response.frame(data))
                 if self.write_paused or self.closed:
                     return  # resume_writing() continues, connection_lost() cleans up
             tail = response.end()
@@ -538,19 +536,26 @@ class LoopThread:
             self.accepting = True
             self.loop.create_task(self._listen())
 
-    def begin_stop(self) -> None:
-        """Graceful stop: accept no more, finish responses in flight, close idle connections."""
+    def begin_stop(self, drain: bool) -> None:
+        """Graceful stop: accept no more, finish the responses in flight.
+
+        ``drain`` (reload, recycling): idle keep-alive connections are not cut, since a client
+        may be sending its next request right now and a reset would lose it; every response
+        from here on says ``Connection: close`` and idle connections close at their keep-alive
+        deadline. Without ``drain`` (shutdown) idle connections close at once.
+        """
         if self.stopping:
             return
         self.stopping = True
+        self.keepalive = False
         self.stop_deadline = self.loop.time() + self.config.graceful_timeout
         for server in self.servers:
             server.close()
         self.servers.clear()
-        for conn in list(self.connections):
-            # Idle keep-alive connections go now; a fresh one gets its first request served.
-            if not conn.busy and not conn.parser.in_message and conn.served:
-                conn.close()
+        if not drain:
+            for conn in list(self.connections):
+                if not conn.busy and not conn.parser.in_message and not conn.parser.events:
+                    conn.close()
         if not self.connections:
             self.loop.stop()
         else:
@@ -605,12 +610,12 @@ class Worker:
         return any(address in network for network in self.uwsgi_networks)
 
     def recycle(self) -> None:
-        """--max-requests reached (on a loop thread): stop gracefully; the master replaces us."""
+        """--max-requests reached (on a loop thread): retire; the master replaces us."""
         if not self.retiring:
             self.retiring = True
             log.info("worker %d served %d requests (--max-requests): recycling",
                      self.worker_id, self.served)
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGHUP)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)  # only queue: the main loop acts (no work in handlers)
@@ -619,9 +624,9 @@ class Worker:
         """The main thread: start loops, then signals and heartbeats until stopped."""
         wake_r = self._wake_r
         signal.set_wakeup_fd(self._wake_w)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
+        for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
                        signal.SIGTTOU, signal.SIGWINCH):
             signal.signal(signum, signal.SIG_IGN)
         for lt in self.threads:
@@ -635,13 +640,16 @@ class Worker:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 64)
             while self._signals:
-                if self._signals.pop(0) == signal.SIGQUIT:
+                signum = self._signals.pop(0)
+                if signum == signal.SIGQUIT:
                     os._exit(0)
                 if not stopping:
                     stopping = True
-                    log.info("worker %d stopping gracefully", self.worker_id)
+                    drain = signum == signal.SIGHUP  # retiring: reload, recycling, TTOU
+                    log.info("worker %d %s", self.worker_id,
+                             "retiring" if drain else "stopping gracefully")
                     for lt in self.threads:
-                        lt.loop.call_soon_threadsafe(lt.begin_stop)
+                        lt.loop.call_soon_threadsafe(lt.begin_stop, drain)
             if stopping:
                 if not any(lt.thread.is_alive() for lt in self.threads):
                     break

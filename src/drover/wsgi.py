@@ -190,7 +190,7 @@ class Response:
         elif kind == _CONNECTION:
             if "close" in value.lower():
                 self.keep_alive = False
-        elif kind == _DATE or kind == _SERVER:
+        elif kind in (_DATE, _SERVER):
             lines.append(f"{name}: {value}\r\n")
             prefix = "Date:" if kind == _DATE else "Server:"
             self.server_date = "".join(line for line in self.server_date.splitlines(True)

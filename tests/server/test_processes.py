@@ -1,0 +1,332 @@
+"""The master and its workers: startup errors, respawn, signals, reload, recycling, timeouts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+from tests.conftest import REPO, DroverLauncher, Server
+
+PID_APP = '''
+import os
+VERSION = {version!r}
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/sleep":
+        import time
+        time.sleep(float(environ["QUERY_STRING"] or "1"))
+    body = f"{{VERSION}} {{os.getpid()}}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def write_app(directory: Path, version: str, name: str = "pidapp.py") -> Path:
+    path = directory / name
+    path.write_text(PID_APP.format(version=version))
+    return path
+
+
+def run_drover(*args: str, timeout: float = 20.0, env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run drover to completion (for commands that must exit by themselves)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DROVER_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "drover", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, cwd=str(cwd or REPO),
+                          start_new_session=True)
+
+
+def worker_pids(server: Server) -> list[int]:
+    return [int(pid) for pid in re.findall(r"booting worker \d+ \(pid (\d+)\)", server.log())]
+
+
+def get(server: Server, path: str = "/", timeout: float = 10.0) -> requests.Response:
+    return requests.get(server.url + path, timeout=timeout)
+
+
+# -- configuration and app loading ---------------------------------------------------------------
+
+
+def test_bad_value_on_command_line_names_the_option_and_exits_2() -> None:
+    result = run_drover("--workers", "many")
+    assert result.returncode == 2
+    assert "--workers" in result.stderr and "command line" in result.stderr
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    result = run_drover(env={"DROVER_TIMEOUT": "soon"})
+    assert result.returncode == 2
+    assert "--timeout" in result.stderr and "DROVER_TIMEOUT" in result.stderr
+
+
+def test_unknown_environment_setting_is_an_error() -> None:
+    result = run_drover(env={"DROVER_WORKRS": "2"})
+    assert result.returncode == 2
+    assert "DROVER_WORKRS" in result.stderr and "unknown" in result.stderr
+
+
+def test_command_line_wins_over_environment(drover: DroverLauncher) -> None:
+    server = drover("--workers", "1", env={"DROVER_WORKERS": "3"})
+    assert "starting 1 worker(s)" in server.log()
+
+
+def test_bad_listen_address_is_a_config_error() -> None:
+    result = run_drover("--http", "localhost:notaport")
+    assert result.returncode == 2
+    assert "--http" in result.stderr
+
+
+def test_version_and_grouped_help() -> None:
+    version = run_drover("--version")
+    assert version.returncode == 0 and version.stdout.startswith("drover ")
+    usage = run_drover("--help")
+    assert usage.returncode == 0
+    for topic in ("Sockets:", "Application:", "Processes:", "HTTP limits and timeouts:"):
+        assert topic in usage.stdout
+
+
+def test_missing_module_exits_nonzero_with_a_clear_line_and_no_respawn_loop() -> None:
+    result = run_drover("--http", "127.0.0.1:0", "--workers", "2", "no_such_module_xyz:app")
+    assert result.returncode != 0
+    assert "module 'no_such_module_xyz' not found" in result.stderr
+    assert len(re.findall(r"booting worker", result.stderr)) <= 2
+
+
+def test_missing_callable_is_named(tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    result = run_drover("--http", "127.0.0.1:0", "--chdir", str(tmp_path), "pidapp:nothing")
+    assert result.returncode != 0
+    assert "no 'nothing' in module 'pidapp'" in result.stderr
+
+
+def test_not_callable_is_named(tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    result = run_drover("--http", "127.0.0.1:0", "--chdir", str(tmp_path), "pidapp:VERSION")
+    assert result.returncode != 0
+    assert "'VERSION' in module 'pidapp' is not callable" in result.stderr
+
+
+def test_import_error_prints_traceback_then_a_summary(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom at import')\n")
+    result = run_drover("--http", "127.0.0.1:0", "--chdir", str(tmp_path), "broken:app")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "boom at import" in result.stderr
+    assert "importing it raised RuntimeError" in result.stderr
+
+
+def test_preload_failure_exits_before_forking(tmp_path: Path) -> None:
+    result = run_drover("--http", "127.0.0.1:0", "--preload", "--chdir", str(tmp_path),
+                        "absent:app")
+    assert result.returncode == 1
+    assert "booting worker" not in result.stderr
+
+
+def test_app_given_as_a_file_path(drover: DroverLauncher, tmp_path: Path) -> None:
+    path = write_app(tmp_path, "file-v1")
+    server = drover("--workers", "1", str(path))
+    assert get(server).text.startswith("file-v1 ")
+
+
+def test_module_alone_finds_application(drover: DroverLauncher, tmp_path: Path) -> None:
+    write_app(tmp_path, "mod-v1")
+    server = drover("--workers", "1", "--pythonpath", str(tmp_path), "pidapp")
+    assert get(server).text.startswith("mod-v1 ")
+
+
+def test_factory_with_literal_arguments(drover: DroverLauncher, tmp_path: Path) -> None:
+    (tmp_path / "factory.py").write_text(
+        "def create_app(greeting, punct='.'):\n"
+        "    def app(environ, start_response):\n"
+        "        start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "        return [(greeting + punct).encode()]\n"
+        "    return app\n")
+    server = drover("--workers", "1", "--chdir", str(tmp_path),
+                    "factory:create_app('hello', punct='!')")
+    assert get(server).text == "hello!"
+
+
+def test_welcome_page_without_an_app(drover: DroverLauncher) -> None:
+    server = drover("--workers", "1")
+    response = get(server)
+    assert response.status_code == 200
+    assert "Drover is running" in response.text
+    assert f"127.0.0.1:{server.port}" in response.text
+    assert response.headers["Content-Type"].startswith("text/html")
+
+
+def test_http_on_a_unix_socket(drover: DroverLauncher, tmp_path: Path) -> None:
+    path = tmp_path / "http.sock"
+    server = drover("--http", f"unix:{path}", "--workers", "1", ready_path=None)
+    server.wait_for_log("worker 1 .* ready")
+    raw = server.connect(address=f"unix:{path}")
+    with raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := raw.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    server.stop()
+    assert not path.exists()
+
+
+# -- process management ------------------------------------------------------------------------
+
+
+def test_process_titles_name_master_and_workers(drover: DroverLauncher, tmp_path: Path) -> None:
+    write_app(tmp_path, "t")
+    server = drover("--workers", "1", "--chdir", str(tmp_path), "pidapp")
+    master = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
+    worker = Path(f"/proc/{worker_pids(server)[0]}/cmdline").read_bytes()
+    assert master.startswith(b"drover: master [pidapp]")
+    assert worker.startswith(b"drover: worker 1 [pidapp]")
+
+
+def test_killed_worker_is_replaced(drover: DroverLauncher, tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "1", "--chdir", str(tmp_path), "pidapp")
+    first = int(get(server).text.split()[1])
+    os.kill(first, signal.SIGKILL)
+    server.wait_for_log(rf"worker 1 \(pid {first}\) died \(signal SIGKILL\)")
+    server.wait_for_log(rf"worker 1 \(pid (?!{first})\d+\) ready")
+    assert int(get(server).text.split()[1]) != first
+
+
+def test_sigterm_lets_requests_in_flight_finish(drover: DroverLauncher, tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "1", "--chdir", str(tmp_path), "pidapp")
+    results: list[requests.Response] = []
+    client = threading.Thread(target=lambda: results.append(get(server, "/sleep?1.0")))
+    client.start()
+    time.sleep(0.3)
+    assert server.stop(signal.SIGTERM) == 0
+    client.join(10)
+    assert results and results[0].status_code == 200
+
+
+def test_sigquit_stops_at_once(drover: DroverLauncher, tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "2", "--chdir", str(tmp_path), "pidapp")
+    threading.Thread(target=lambda: _swallow(lambda: get(server, "/sleep?20")),
+                     daemon=True).start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert server.stop(signal.SIGQUIT) == 0
+    assert time.monotonic() - started < 5.0
+
+
+def _swallow(fn: Callable[[], object]) -> None:
+    with contextlib.suppress(requests.RequestException):
+        fn()
+
+
+def test_sighup_reloads_fresh_code_without_failing_a_request(drover: DroverLauncher,
+                                                            tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "2", "--chdir", str(tmp_path), "pidapp")
+    assert get(server).text.startswith("v1 ")
+    failures: list[str] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                response = session.get(server.url + "/", timeout=10)
+                if response.status_code != 200:
+                    failures.append(f"status {response.status_code}")
+                seen.add(response.text.split()[0])
+            except requests.RequestException as exc:
+                failures.append(repr(exc))
+            try:
+                seen.add(requests.get(server.url + "/", timeout=10).text.split()[0])
+            except requests.RequestException as exc:
+                failures.append("fresh connection: " + repr(exc))
+
+    clients = [threading.Thread(target=hammer) for _ in range(4)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(0.5)
+        write_app(tmp_path, "v2")
+        server.send_signal(signal.SIGHUP)
+        server.wait_for_log("reload complete", timeout=20)
+        deadline = time.monotonic() + 10
+        while "v2" not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(15)
+    assert failures == []
+    assert "v2" in seen
+    assert all(get(server).text.startswith("v2 ") for _ in range(10))
+
+
+def test_sighup_with_broken_code_keeps_the_old_workers(drover: DroverLauncher,
+                                                      tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "1", "--chdir", str(tmp_path), "pidapp")
+    before = get(server).text
+    (tmp_path / "pidapp.py").write_text("raise ImportError('half-deployed')\n")
+    server.send_signal(signal.SIGHUP)
+    server.wait_for_log("reload failed", timeout=20)
+    assert server.running
+    assert get(server).text == before
+
+
+def test_preload_imports_the_app_in_the_master(drover: DroverLauncher, tmp_path: Path) -> None:
+    (tmp_path / "preloaded.py").write_text(
+        "import os\nLOADED_IN = os.getpid()\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [str(LOADED_IN).encode()]\n")
+    server = drover("--workers", "1", "--preload", "--chdir", str(tmp_path), "preloaded:app")
+    assert int(get(server).text) == server.proc.pid
+
+
+def test_max_requests_recycles_the_worker(drover: DroverLauncher, tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "1", "--max-requests", "5", "--chdir", str(tmp_path),
+                    "pidapp", ready_path=None)
+    server.wait_for_log("worker 1 .* ready")
+    pids = set()
+    for _ in range(12):
+        response = requests.get(server.url, timeout=10, headers={"Connection": "close"})
+        assert response.status_code == 200
+        pids.add(int(response.text.split()[1]))
+        time.sleep(0.05)
+    assert len(pids) >= 2
+    assert "(--max-requests): recycling" in server.log()
+
+
+def test_stuck_worker_is_killed_after_timeout(drover: DroverLauncher, tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "1", "--timeout", "2", "--chdir", str(tmp_path), "pidapp")
+    stuck = int(get(server).text.split()[1])
+    threading.Thread(target=lambda: _swallow(lambda: get(server, "/sleep?30", timeout=30)),
+                     daemon=True).start()
+    server.wait_for_log(rf"worker 1 \(pid {stuck}\) stuck", timeout=15)
+    server.wait_for_log(rf"worker 1 \(pid (?!{stuck})\d+\) ready", timeout=15)
+    assert int(get(server).text.split()[1]) != stuck
+
+
+def test_ttin_and_ttou_change_the_worker_count(drover: DroverLauncher, tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "1", "--chdir", str(tmp_path), "pidapp")
+    server.send_signal(signal.SIGTTIN)
+    server.wait_for_log(r"worker 2 \(pid \d+\) ready")
+    server.send_signal(signal.SIGTTOU)
+    server.wait_for_log(r"worker 2 \(pid \d+\) stopped")
+    assert get(server).status_code == 200
