@@ -136,3 +136,41 @@ def load_app(spec: str) -> Callable[..., Any]:
         return obj  # type: ignore[no-any-return]
     looked = " or ".join(repr(c) for c in candidates)
     raise AppLoadError(f"no {looked} in {where} ({getattr(module, '__file__', '?')})")
+
+
+class MountDispatcher:
+    """Several apps under URL prefixes (``--mount``): the longest matching prefix wins.
+
+    The prefix moves from PATH_INFO to the end of SCRIPT_NAME, as PEP 3333 wants for an app
+    that lives below the root. Runs on worker loop threads.
+    """
+
+    def __init__(self, mounts: list[tuple[str, Callable[..., Any]]],
+                 fallback: Callable[..., Any] | None) -> None:
+        self.mounts = sorted(mounts, key=lambda item: -len(item[0]))
+        self.fallback = fallback
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        for prefix, app in self.mounts:
+            if path == prefix or path.startswith(prefix + "/"):
+                environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + prefix
+                environ["PATH_INFO"] = path[len(prefix):]
+                return app(environ, start_response)
+        if self.fallback is not None:
+            return self.fallback(environ, start_response)
+        body = b"Not found: no app is mounted at this path.\n"
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
+                                         ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def load_configured_app(spec: str, mounts: tuple[str, ...]) -> Callable[..., Any]:
+    """The positional app and/or the --mount apps, as one WSGI callable."""
+    if not mounts:
+        return load_app(spec)
+    loaded = []
+    for mount in mounts:
+        prefix, _, mount_spec = mount.partition("=")
+        loaded.append((prefix, load_app(mount_spec)))
+    return MountDispatcher(loaded, load_app(spec) if spec else None)

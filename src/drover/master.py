@@ -98,11 +98,11 @@ class Master:
         return True
 
     def _preload(self) -> bool:
-        from drover.loader import AppLoadError, load_app, prepare_path
+        from drover.loader import AppLoadError, load_configured_app, prepare_path
 
         try:
             prepare_path(self.config.chdir, self.config.pythonpath)
-            self.app = load_app(self.config.app)
+            self.app = load_configured_app(self.config.app, self.config.mount)
         except AppLoadError as exc:
             log.error("cannot load the app: %s", exc)
             return False
@@ -125,7 +125,8 @@ class Master:
         if not self._bind_all():
             close_listeners(self.listeners, unlink=True)
             return 1
-        if self.config.preload and self.config.app and not self._preload():
+        if (self.config.preload and (self.config.app or self.config.mount)
+                and not self._preload()):
             close_listeners(self.listeners, unlink=True)
             return 1
         wake_r, wake_w = os.pipe()

@@ -163,7 +163,7 @@ class Connection(asyncio.Protocol):
                 self.sendfile_job.resume()
             elif self.iterator is not None:
                 self.stream()
-                if not self.busy and not self.closed:
+                if self.response is None and not self.closed:
                     self.process()  # requests pipelined behind the streamed one
 
     # -- serving ----------------------------------------------------------------------------
@@ -624,11 +624,11 @@ class Worker:
         """The main thread: start loops, then signals and heartbeats until stopped."""
         wake_r = self._wake_r
         signal.set_wakeup_fd(self._wake_w)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
-        for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
-                       signal.SIGTTOU, signal.SIGWINCH):
-            signal.signal(signum, signal.SIG_IGN)
+        for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+            signal.signal(handled, self._on_signal)
+        for ignored in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
+                        signal.SIGWINCH):
+            signal.signal(ignored, signal.SIG_IGN)
         for lt in self.threads:
             lt.thread.start()
         os.write(self.pipe, b"R")
@@ -672,14 +672,14 @@ class Worker:
 
 def load_worker_app(config: Config, listeners: list[Listener]) -> WsgiApp:
     """Import the app in the worker (no --preload), or the welcome page when none is given."""
-    if not config.app:
+    if not config.app and not config.mount:
         from drover.welcome import make_welcome_app
 
         return make_welcome_app([listener.display for listener in listeners])
-    from drover.loader import load_app, prepare_path
+    from drover.loader import load_configured_app, prepare_path
 
     prepare_path(config.chdir, config.pythonpath)
-    return load_app(config.app)
+    return load_configured_app(config.app, config.mount)
 
 
 def run_worker(config: Config, listeners: list[Listener], app: WsgiApp | None,

@@ -330,3 +330,34 @@ def test_ttin_and_ttou_change_the_worker_count(drover: DroverLauncher, tmp_path:
     server.send_signal(signal.SIGTTOU)
     server.wait_for_log(r"worker 2 \(pid \d+\) stopped")
     assert get(server).status_code == 200
+
+
+MOUNT_APP = '''
+def make(name):
+    def app(environ, start_response):
+        body = f"{name}|{environ['SCRIPT_NAME']}|{environ['PATH_INFO']}".encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+    return app
+'''
+
+
+def test_mount_sets_script_name_and_longest_prefix_wins(drover: DroverLauncher,
+                                                         tmp_path: Path) -> None:
+    (tmp_path / "mounts.py").write_text(MOUNT_APP)
+    server = drover("--workers", "1", "--chdir", str(tmp_path),
+                    "--mount", "/blog=mounts:make('blog')",
+                    "--mount", "/blog/admin=mounts:make('admin')", "mounts:make('root')")
+    assert get(server, "/blog/post/1").text == "blog|/blog|/post/1"
+    assert get(server, "/blog").text == "blog|/blog|"
+    assert get(server, "/blog/admin/users").text == "admin|/blog/admin|/users"
+    assert get(server, "/blogger").text == "root||/blogger"
+
+
+def test_mount_without_a_root_app_answers_404_elsewhere(drover: DroverLauncher,
+                                                        tmp_path: Path) -> None:
+    (tmp_path / "mounts.py").write_text(MOUNT_APP)
+    server = drover("--workers", "1", "--chdir", str(tmp_path),
+                    "--mount", "/api=mounts:make('api')", ready_path="/api/")
+    assert get(server, "/api/x").text == "api|/api|/x"
+    assert get(server, "/other").status_code == 404

@@ -148,6 +148,16 @@ def parse_network(text: str) -> str:
     return text.strip()
 
 
+def parse_mount(text: str) -> str:
+    prefix, sep, app = text.partition("=")
+    prefix = prefix.strip()
+    if not sep or not app.strip():
+        raise ValueError(f"{text!r} is not PREFIX=APP (e.g. /blog=blog.wsgi:application)")
+    if not prefix.startswith("/") and prefix != "":
+        raise ValueError(f"{text!r}: the prefix must start with '/'")
+    return f"{prefix.rstrip('/')}={app.strip()}"
+
+
 def parse_log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in ("debug", "info", "warning", "error", "critical"):
@@ -194,6 +204,12 @@ class Config:
         "'path/to/app.py[:callable]', or a factory 'module:create_app()' with literal arguments. "
         "Empty: Drover's welcome page.",
         parse_str, metavar="APP")
+    mount: tuple[str, ...] = setting(
+        (), APP,
+        "Serve APP under the URL prefix PREFIX: SCRIPT_NAME becomes PREFIX and PATH_INFO the "
+        "rest (like uWSGI's mount with manage-script-name). Repeat for several apps; the "
+        "longest matching prefix wins, and the positional APP, if any, serves the rest.",
+        parse_mount, flags=("--mount",), metavar="PREFIX=APP", multi=True)
     chdir: str = setting(
         "", APP, "Change to DIR before loading the app.", parse_str, flags=("--chdir",),
         metavar="DIR")
