@@ -117,20 +117,17 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         parser = self.parser
         parser.receive_data(data)
-        if parser.events and not self.busy:
-            self.process()
-        if self.closed:
-            return
-        lt = self.lt
-        if self.busy:
-            pass  # the write deadline governs
-        elif parser.in_head:
-            if self.state != READING:
-                self.state = READING
-                self.deadline = lt.now + lt.config.header_timeout
-        elif parser.in_message:
-            self.state = READING
-            self.deadline = lt.now + lt.config.io_timeout
+        if not self.busy:
+            if parser.events:
+                self.process()  # also sets the keep-alive deadline when the connection idles
+            if parser.in_message and not self.closed and not self.busy:
+                lt = self.lt
+                if not parser.in_head:  # receiving a body: progress extends the deadline
+                    self.state = READING
+                    self.deadline = lt.now + lt.config.io_timeout
+                elif self.state != READING:  # the whole head must come within the timeout
+                    self.state = READING
+                    self.deadline = lt.now + lt.config.header_timeout
         if len(parser.events) >= MAX_QUEUED_EVENTS and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -171,30 +168,27 @@ class Connection(asyncio.Protocol):
     def process(self) -> None:
         """Handle queued events in wire order until one needs to wait for the client."""
         events = self.parser.events
-        transport = self.transport
         while events and not self.busy and not self.closed:
             event = events.popleft()
             if type(event) is Request:
                 self.serve(event)
             elif type(event) is ContinueRequest:
-                transport.write(event.interim)
+                self.transport.write(event.interim)
             else:
                 assert isinstance(event, ProtocolError)
                 self.reject(event)
                 return
-        if self.reading_paused and len(events) < MAX_QUEUED_EVENTS // 2 and not self.closed:
+        if self.busy or self.closed:
+            return
+        if self.reading_paused and len(events) < MAX_QUEUED_EVENTS // 2:
             self.reading_paused = False
-            transport.resume_reading()
-        if not self.busy and not self.closed:
-            if self.parser.broken and not events:
+            self.transport.resume_reading()
+        if not self.parser.in_message:
+            if self.parser.broken:
                 self.close()
-            elif not self.parser.in_message:
-                self.idle()
-
-    def idle(self) -> None:
-        lt = self.lt
-        self.state = IDLE
-        self.deadline = lt.now + lt.config.keepalive_timeout
+            else:  # idle between requests
+                self.state = IDLE
+                self.deadline = self.lt.now + self.lt.config.keepalive_timeout
 
     def reject(self, error: ProtocolError) -> None:
         """Bad input: a short answer (HTTP) and close; the worker is unharmed."""
@@ -295,7 +289,8 @@ class Connection(asyncio.Protocol):
         lt = self.lt
         if lt.access_log:
             self._log_access(request, response)
-        self._release(request, result)
+        if result is not None or request.body is not EMPTY_INPUT:
+            self._release(request, result)
         worker = lt.worker
         worker.served += 1
         if worker.served == worker.max_requests:

@@ -100,7 +100,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 class HttpConnection:
     """The HTTP/1.1 parser state of one client connection. Runs on a worker's loop thread."""
 
-    __slots__ = ("_body", "_environ", "_hosts", "_limits", "_parser", "_url", "broken",
+    __slots__ = ("_body", "_environ", "_limits", "_parser", "_url", "broken",
                  "events", "head_bytes", "in_head", "in_message", "_fields")
 
     def __init__(self, limits: HttpLimits) -> None:
@@ -114,7 +114,6 @@ class HttpConnection:
         self._url = b""
         self._environ: dict[str, str] = {}
         self._body: BodyBuffer | None = None
-        self._hosts = 0
         self._fields = 0
 
     # -- input ------------------------------------------------------------------------------
@@ -175,7 +174,7 @@ class HttpConnection:
 
     def on_message_begin(self) -> None:
         self.in_message = self.in_head = True
-        self.head_bytes = self._hosts = self._fields = 0
+        self.head_bytes = self._fields = 0
         self._url = b""
         self._environ = {}
 
@@ -191,18 +190,18 @@ class HttpConnection:
             raise ProtocolError(431, "Too many header fields")
         if len(name) + len(value) > limits.field_size:
             raise ProtocolError(431, "Header field too large")
-        key = cgi_name(name)
+        key = _CGI_NAMES.get(name)
+        if key is None:
+            key = cgi_name(name)
         if not key:
             return
         text = value.decode("latin-1").rstrip(" \t")
         environ = self._environ
         if key in environ:
-            if key == "HTTP_HOST":
-                self._hosts += 1
+            # Repeated Host fields end up joined, and a comma is never valid in a Host
+            # value, so on_headers_complete catches them too.
             environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
         else:
-            if key == "HTTP_HOST":
-                self._hosts += 1
             environ[key] = text
 
     def on_headers_complete(self) -> None:
@@ -215,10 +214,13 @@ class HttpConnection:
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             raise ProtocolError(501, "CONNECT is not supported")
-        if self._hosts != 1 and (self._hosts or protocol == "HTTP/1.1"):
-            raise ProtocolError(400, "Missing Host header" if not self._hosts
-                                else "Multiple Host headers")
         environ = self._environ
+        host = environ.get("HTTP_HOST")
+        if host is None:
+            if protocol == "HTTP/1.1":  # RFC 9112 section 3.2
+                raise ProtocolError(400, "Missing Host header")
+        elif "," in host:
+            raise ProtocolError(400, "Multiple Host headers")
         target = self._url
         if target[:1] == b"/" and b"#" not in target:  # origin-form, the usual case
             path, _, query = target.partition(b"?")
