@@ -280,10 +280,21 @@ class Master:
 
     def _spawn(self, worker_id: int) -> None:
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
+        # Signals are blocked across fork: until the child has reset the master's handlers, a
+        # signal meant for it would land in the master's queue copy and be lost. Once
+        # unblocked in the child, a pending TERM ends it by default action.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNAL_NAMES)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_NAMES)
+            raise
         if pid == 0:  # the child
             try:
                 signal.set_wakeup_fd(-1)
+                for signum in SIGNAL_NAMES:
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_NAMES)
                 os.close(read_fd)
                 for other in self.workers.values():
                     os.close(other.pipe)
@@ -292,6 +303,7 @@ class Master:
                 run_worker(self.config, self.listeners, self.app, worker_id, write_fd)
             finally:
                 os._exit(1)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_NAMES)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         now = time.monotonic()

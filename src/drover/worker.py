@@ -212,7 +212,8 @@ class Connection(asyncio.Protocol):
         result = None
         try:
             result = lt.app(environ, response.start_response)
-            if type(result) is list and len(result) == 1 and type(result[0]) is bytes:
+            if (type(result) is list and len(result) == 1 and type(result[0]) is bytes
+                    and not response.head_sent):
                 data = result[0]  # the common case: the whole body in one piece
                 head = response.head_bytes(len(data))
                 if response.remaining == len(data) and not response.head:
@@ -246,7 +247,8 @@ class Connection(asyncio.Protocol):
         response = self.response
         iterator = self.iterator
         assert response is not None and iterator is not None
-        write = self.transport.write
+        transport = self.transport
+        write = transport.write
         try:
             for data in iterator:
                 if type(data) is not bytes:
@@ -258,7 +260,7 @@ class Connection(asyncio.Protocol):
                 else:
                     head = response.head_bytes(None)  # decides the framing first
                     write(head + response.frame(data))
-                if self.write_paused or self.closed:
+                if self.write_paused or transport.is_closing():
                     return  # resume_writing() continues, connection_lost() cleans up
             tail = response.end()
             if not response.head_sent:
@@ -465,7 +467,10 @@ class LoopThread:
         self.connections: set[Connection] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.accepting = True
+        self.running = False  # run_forever has started
         self.stopping = False
+        self.stop_drain = False
+        self.stop_deadline = 0.0
         self.keepalive = worker.config.keepalive_timeout > 0
         self.access_log = worker.config.access_log
         self.now = self.loop.time()
@@ -482,6 +487,12 @@ class LoopThread:
         try:
             self.loop.run_until_complete(self._listen())
             self.loop.call_later(1.0, self._tick)
+            # The app is synchronous code called from loop callbacks. Hide the running loop
+            # from it: libraries refuse blocking work in a thread with a running event loop
+            # (Django's ORM raises SynchronousOnlyOperation). Drover's own code on this thread
+            # never asks for the running loop; it holds its loop.
+            self.loop.call_soon(asyncio.events._set_running_loop, None)
+            self.loop.call_soon(self._started)
             self.loop.run_forever()
         except Exception:
             log.exception("loop thread %d failed", self.index)
@@ -491,6 +502,12 @@ class LoopThread:
             self.loop.run_until_complete(asyncio.sleep(0))
             self.loop.close()
             self.worker.wake()  # the main thread notices the stop at once
+
+    def _started(self) -> None:
+        self.running = True
+        if self.stopping:  # a stop was asked for while the loop was starting
+            self.stopping = False
+            self.begin_stop(self.stop_drain)
 
     async def _listen(self) -> None:
         for listener in self.worker.listeners:
@@ -543,6 +560,9 @@ class LoopThread:
             return
         self.stopping = True
         self.keepalive = False
+        if not self.running:
+            self.stop_drain = drain  # _started() finishes the job
+            return
         self.stop_deadline = self.loop.time() + self.config.graceful_timeout
         for server in self.servers:
             server.close()
@@ -578,6 +598,7 @@ class Worker:
         self.environs = {
             id(listener): base_environ(config.threads > 1, config.workers > 1)
             for listener in listeners}
+        self._uwsgi_peers: dict[str, bool] = {}
         self.uwsgi_networks = [ipaddress.ip_network(net, strict=False) for net in
                                (config.uwsgi_allow_from or ("127.0.0.0/8", "::1/128"))]
         self.threads = [LoopThread(self, i) for i in range(config.threads)]
@@ -598,11 +619,17 @@ class Worker:
         return lambda: Connection(lt, environ)
 
     def uwsgi_allowed(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        return any(address in network for network in self.uwsgi_networks)
+        """Is this peer address in --uwsgi-allow-from? Answers are cached per address."""
+        allowed = self._uwsgi_peers.get(host)
+        if allowed is None:
+            try:
+                address = ipaddress.ip_address(host.partition("%")[0])
+                allowed = any(address in network for network in self.uwsgi_networks)
+            except ValueError:
+                allowed = False
+            if len(self._uwsgi_peers) < 4096:
+                self._uwsgi_peers[host] = allowed
+        return allowed
 
     def recycle(self) -> None:
         """--max-requests reached (on a loop thread): retire; the master replaces us."""
