@@ -36,7 +36,8 @@ DJANGO_DIR = APPS_DIR / "django_project"
 
 STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
-LISTENING_RE = re.compile(r"^(.*?)listening at (\S+)", re.MULTILINE)
+# "listening at http://127.0.0.1:PORT (http)", "listening at unix:/path (uwsgi)", ...
+LISTENING_RE = re.compile(r"listening at (\S+)(?: \((\w+)\))?")
 # What wsgiref.validate leaves in the log when the server breaks PEP 3333.
 VALIDATOR_MARKERS = ("WSGIWarning", "AssertionError", "garbage collected without being closed")
 
@@ -189,6 +190,7 @@ class Server:
         self.log_path = log_path
         self.args = args
         self.addresses: list[str] = []  # as logged: http://127.0.0.1:PORT, unix:/path, ...
+        self.protocols: dict[str, str] = {}  # address -> 'http' or 'uwsgi'
         self.host: str | None = None
         self.port: int | None = None
         self.unix_path: str | None = None
@@ -232,14 +234,26 @@ class Server:
         host = f"[{self.host}]" if self.host and ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def _set_addresses(self, addresses: list[str]) -> None:
-        self.addresses = addresses
-        for address in addresses:
+    def _set_addresses(self, found: list[tuple[str, str]]) -> None:
+        for address, protocol in found:
+            if not protocol:
+                protocol = "uwsgi" if address.startswith("uwsgi://") else "http"
+            self.addresses.append(address)
+            self.protocols[address] = protocol
+            if protocol != "http":
+                continue
             match = re.fullmatch(r"http://\[?([^\]]*?)\]?:(\d+)/?", address)
             if match and self.port is None:
                 self.host, self.port = match.group(1), int(match.group(2))
             elif address.startswith("unix:") and self.unix_path is None:
                 self.unix_path = address[len("unix:"):]
+
+    def address(self, protocol: str = "http") -> str:
+        """The first logged address speaking ``protocol`` ('http' or 'uwsgi')."""
+        for address in self.addresses:
+            if self.protocols[address] == protocol:
+                return address
+        raise LookupError(f"drover has no {protocol} address: {self.addresses}")
 
     # -- process control
 
@@ -247,7 +261,7 @@ class Server:
     def running(self) -> bool:
         return self.proc.poll() is None
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the master process."""
         self.proc.send_signal(sig)
 
@@ -268,9 +282,7 @@ class Server:
 
     def connect(self, timeout: float = 10.0, address: str | None = None) -> socket.socket:
         """A connected socket to ``address`` (a logged address; default: the first HTTP one)."""
-        target = address or next((a for a in self.addresses if a.startswith("http://")),
-                                 self.addresses[0])
-        return _connect(target, timeout)
+        return _connect(address or self.address("http"), timeout)
 
     def raw(self, data: bytes, timeout: float = 10.0) -> bytes:
         """Send ``data`` on a new connection; return all bytes received until the server closes
@@ -287,13 +299,12 @@ class Server:
         items = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
         names = {name.lower() for name, _ in items}
         if host and "host" not in names:
-            items.insert(0, ("Host", f"127.0.0.1:{self.port}"))
+            items.insert(0, ("Host", f"127.0.0.1:{self.port}" if self.port else "localhost"))
         if version == "HTTP/1.1" and "connection" not in names:
             items.append(("Connection", "close"))
         with self.connect(timeout) as sock:
             sock.sendall(build_request(method, target, items, body, version))
             return read_response(sock, head=method == "HEAD", timeout=timeout)
-
 
     @staticmethod
     def read_response(sock: socket.socket, *, head: bool = False, timeout: float = 10.0,
@@ -308,7 +319,7 @@ def _connect(address: str, timeout: float) -> socket.socket:
         sock.settimeout(timeout)
         sock.connect(address[len("unix:"):])
         return sock
-    match = re.fullmatch(r"\w+://\[?([^\]]*?)\]?:(\d+)/?", address)
+    match = re.fullmatch(r"(?:\w+://)?\[?([^\]]*?)\]?:(\d+)/?", address)
     if not match:
         raise ValueError(f"cannot connect to {address!r}")
     return socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout)
@@ -404,7 +415,7 @@ class DroverLauncher:
         if not _count_listen_options(argv):
             argv = ["--http", "127.0.0.1:0", *argv]
         log_path = self.tmp_dir / f"drover-{len(self.servers) + 1}.log"
-        with open(log_path, "wb") as log_file:
+        with open(log_path, "ab") as log_file:  # O_APPEND: master and workers share it
             proc = subprocess.Popen(
                 [sys.executable, "-m", "drover", *argv], stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=subprocess.STDOUT, env=_drover_env(env),
@@ -438,12 +449,12 @@ class DroverLauncher:
                 pytest.fail(f"drover logged {len(found)}/{expected} 'listening at' lines "
                             f"within {timeout} s:\n{server.log()}")
             time.sleep(0.02)
-        server._set_addresses([address for _, address in found])
+        server._set_addresses(found)
         if ready_path is None:
             return
         # Probe the first HTTP address, else speak uwsgi to the first one.
-        http = [a for prefix, a in found if "uwsgi" not in prefix.lower() + a]
-        address = http[0] if http else found[0][1]
+        http = [a for a in server.addresses if server.protocols[a] == "http"]
+        address = http[0] if http else server.addresses[0]
         if http:
             probe = build_request("GET", ready_path, {"Host": "127.0.0.1",
                                                       "Connection": "close"})
@@ -460,9 +471,12 @@ class DroverLauncher:
             try:
                 with _connect(address, left) as sock:
                     sock.sendall(probe)
-                    if recv_until_close(sock, left).startswith(b"HTTP/1."):
+                    answer = b""
+                    while b"\r\n" not in answer and (chunk := sock.recv(4096)):
+                        answer += chunk
+                    if answer.startswith(b"HTTP/1."):
                         return
-                    last_error = "no HTTP status line in the answer"
+                    last_error = f"no HTTP status line in the answer {answer[:100]!r}"
             except OSError as exc:
                 last_error = repr(exc)
             time.sleep(0.05)

@@ -53,9 +53,9 @@ def read_body(environ: Environ, mode: str = "auto") -> bytes:
     """Read the request body through ``wsgi.input`` the way ``mode`` says.
 
     auto: CONTENT_LENGTH bytes if given, else to EOF if ``wsgi.input_terminated``, else nothing.
-    read: ``read(CHUNK)`` until EOF.  readline / readline_sized: ``readline()`` /
-    ``readline(100)`` until EOF.  iter: iterate the stream.  readlines: ``readlines()``.
-    none: do not read.
+    read: ``read(CHUNK)`` until EOF.  read_all: one ``read()``.  readline / readline_sized:
+    ``readline()`` / ``readline(100)`` until EOF.  iter: iterate the stream.  readlines:
+    ``readlines()``.  none: do not read.
     """
     stream = environ["wsgi.input"]
     if mode == "none":
@@ -78,6 +78,8 @@ def read_body(environ: Environ, mode: str = "auto") -> bytes:
             return b""
     if mode == "read":
         return b"".join(iter(lambda: stream.read(CHUNK), b""))
+    if mode == "read_all":
+        return stream.read()  # type: ignore[no-any-return]
     if mode == "readline":
         return b"".join(iter(stream.readline, b""))
     if mode == "readline_sized":

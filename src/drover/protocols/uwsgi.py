@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import httptools
+
 from drover.body import EMPTY_INPUT, BodyBuffer
 from drover.protocols.http import Event, HttpLimits, decode_path, split_target
 from drover.protocols.request import ProtocolError, Request
@@ -31,6 +33,11 @@ MODIFIER_WSGI = 0  # modifier1 0: a WSGI/HTTP request with vars (what nginx send
 # CGI variables PEP 3333 requires, with their defaults when the peer did not send them.
 _REQUIRED = (("REQUEST_METHOD", "GET"), ("SCRIPT_NAME", ""), ("QUERY_STRING", ""),
              ("SERVER_PROTOCOL", "HTTP/1.0"))
+
+
+# nginx forwards the Content-Type and Content-Length request fields both as the CGI variables
+# and as HTTP_*; PEP 3333 (and wsgiref.validate) allow only the CGI names.
+_DROPPED = frozenset(("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"))
 
 
 def parse_vars(block: bytes) -> dict[str, str]:
@@ -54,7 +61,7 @@ def parse_vars(block: bytes) -> dict[str, str]:
             raise ProtocolError(0, "uwsgi var value past the end of the vars block")
         value = bytes(view[pos:pos + vlen]).decode("latin-1")
         pos += vlen
-        if not key or key.startswith("UWSGI_"):
+        if not key or key in _DROPPED or (key.startswith("UWSGI_") and key != "UWSGI_SCHEME"):
             continue  # never honour code-loading "magic" vars
         if key in environ:  # repeated: joined as repeated header fields are
             environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + value
@@ -70,19 +77,23 @@ def complete_environ(environ: dict[str, str]) -> None:
             environ[key] = default
     if "PATH_INFO" not in environ:
         uri = environ.get("REQUEST_URI", "/").encode("latin-1")
-        path, _ = split_target(uri)
+        try:
+            path, _ = split_target(uri)
+        except httptools.HttpParserInvalidURLError:
+            raise ProtocolError(400, "Invalid REQUEST_URI") from None
         environ["PATH_INFO"] = decode_path(path)
     if "REQUEST_URI" not in environ:
         query = environ["QUERY_STRING"]
         environ["REQUEST_URI"] = environ["PATH_INFO"] + ("?" + query if query else "")
-    scheme = environ.get("REQUEST_SCHEME") or environ.get("UWSGI_SCHEME")
+    scheme = environ.get("REQUEST_SCHEME") or environ.pop("UWSGI_SCHEME", None)
     if scheme in ("http", "https"):
         environ["wsgi.url_scheme"] = scheme
     elif environ.get("HTTPS", "").lower() in ("on", "1", "true"):
         environ["wsgi.url_scheme"] = "https"
-    script_name = environ["SCRIPT_NAME"]
-    if script_name and environ["PATH_INFO"].startswith(script_name):
-        environ["PATH_INFO"] = environ["PATH_INFO"][len(script_name):]
+    script_name = environ["SCRIPT_NAME"].rstrip("/")
+    path_info = environ["PATH_INFO"]
+    if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
+        environ["PATH_INFO"] = path_info[len(script_name):]  # only at a segment boundary
 
 
 class UwsgiConnection:
@@ -139,10 +150,10 @@ class UwsgiConnection:
             return False
         environ = parse_vars(bytes(buffer[HEADER_SIZE:HEADER_SIZE + size]))
         del buffer[:HEADER_SIZE + size]
-        complete_environ(environ)
+        complete_environ(environ)  # may raise ProtocolError(400)
         length_text = environ.get("CONTENT_LENGTH", "")
         if length_text:
-            if not length_text.isdigit():
+            if not (length_text.isascii() and length_text.isdigit()):
                 raise ProtocolError(400, "Invalid CONTENT_LENGTH")
             length = int(length_text)
         else:

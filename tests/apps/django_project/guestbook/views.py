@@ -6,7 +6,7 @@ from django import forms
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 
 class SignForm(forms.Form):
@@ -14,7 +14,7 @@ class SignForm(forms.Form):
     message = forms.CharField(max_length=1000, required=False)
 
 
-@require_GET
+@require_safe
 def home(request: HttpRequest) -> HttpResponse:
     """A template view; the context shows what Django understood of the request."""
     context = {"greeting": "Hello from Django", "method": request.method, "path": request.path,
@@ -22,7 +22,7 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "guestbook/home.html", context)
 
 
-@require_GET
+@require_safe
 def hello(request: HttpRequest, name: str) -> HttpResponse:
     """Echoes the (percent-decoded, UTF-8) path segment."""
     return HttpResponse(f"Hello, {name}!", content_type="text/plain; charset=utf-8")
