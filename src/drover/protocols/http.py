@@ -28,7 +28,6 @@ it this module enforces what llhttp allows:
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -100,7 +99,8 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 class HttpConnection:
     """The HTTP/1.1 parser state of one client connection. Runs on a worker's loop thread."""
 
-    __slots__ = ("_body", "_environ", "_limits", "_parser", "_url", "broken",
+    __slots__ = ("_declared", "_head_chunks", "_upgrade_body", "_upgrade_left",
+                 "_upgrade_request", "_body", "_environ", "_limits", "_parser", "_url", "broken",
                  "events", "head_bytes", "in_head", "in_message", "_fields")
 
     def __init__(self, limits: HttpLimits) -> None:
@@ -114,6 +114,11 @@ class HttpConnection:
         self._url = b""
         self._environ: dict[str, str] = {}
         self._body: BodyBuffer | None = None
+        self._declared = 0  # body length the head declared; -1: chunked
+        self._head_chunks = 0
+        self._upgrade_left = 0
+        self._upgrade_request: Request | None = None
+        self._upgrade_body: BodyBuffer | None = None
         self._fields = 0
 
     # -- input ------------------------------------------------------------------------------
@@ -121,17 +126,14 @@ class HttpConnection:
     def receive_data(self, data: bytes) -> None:
         """Parse bytes from the client; queue events. Never raises for bad input."""
         if self.broken:
+            if self._upgrade_left:
+                self._receive_upgrade_body(data)
             return
+        was_in_head = self.in_head
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Upgrade or CONNECT: llhttp stopped after the request. Drover speaks no other
-            # protocol on this connection; the request was queued and is answered, then the
-            # connection closes (CONNECT was refused in on_headers_complete).
-            self.broken = True
-            for event in self.events:
-                if isinstance(event, Request):
-                    event.keep_alive = False
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_requested(data, exc.args[0] if exc.args else len(data))
             return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -140,8 +142,9 @@ class HttpConnection:
                 return
             raise
         except httptools.HttpParserInvalidMethodError:
-            self._fail(ProtocolError(501 if _looks_like_method(data) else 400,
-                                     "Unknown or invalid method"))
+            # llhttp knows every registered method; the rest cannot be told from garbage
+            # reliably whatever the chunking, so one answer for both.
+            self._fail(ProtocolError(400, "Invalid or unsupported method"))
             return
         except httptools.HttpParserInvalidURLError:
             self._fail(ProtocolError(400, "Invalid request target"))
@@ -151,11 +154,54 @@ class HttpConnection:
             status = 505 if "HTTP version" in reason else 400
             self._fail(ProtocolError(status, reason))
             return
-        if self.in_head:
-            self.head_bytes += len(data)
-            if self.head_bytes > self._limits.header_block + self._limits.request_line:
+        if was_in_head and self.in_head:
+            # Still inside one head after a whole chunk: httptools buffers an unfinished field
+            # line itself, so bound what it may hold (fields are counted in on_header).
+            self._head_chunks += len(data)
+            if self._head_chunks > self._limits.header_block + self._limits.request_line:
                 self._fail(ProtocolError(431, "Request header block too large")
                            if self._url else ProtocolError(414, "Request line too long"))
+
+    # -- Upgrade and CONNECT ----------------------------------------------------------------
+
+    def _upgrade_requested(self, data: bytes, offset: int) -> None:
+        """llhttp stops at a request with ``Connection: upgrade`` (or CONNECT, refused in
+        on_headers_complete), leaving its body unparsed. Drover speaks no other protocol, so
+        the request is served as a plain one (the app still sees the Upgrade field, e.g. curl's
+        h2c offer) and the connection closes after the response."""
+        self.broken = True
+        for event in self.events:
+            if isinstance(event, Request):
+                event.keep_alive = False
+        declared = self._declared
+        if not declared or not self.events or not isinstance(self.events[-1], Request):
+            return
+        if declared < 0:
+            self.events.pop()
+            self._fail(ProtocolError(501, "Upgrade with a chunked body is not supported"))
+            return
+        request = self.events.pop()
+        assert isinstance(request, Request)
+        request.body.close()
+        self._upgrade_request = request
+        self._upgrade_left = declared
+        self._upgrade_body = BodyBuffer(self._limits.spill)
+        self.in_message = True
+        self._receive_upgrade_body(data[offset:])
+
+    def _receive_upgrade_body(self, data: bytes) -> None:
+        body = self._upgrade_body
+        request = self._upgrade_request
+        assert body is not None and request is not None
+        piece = data[:self._upgrade_left]
+        body.write(piece)
+        self._upgrade_left -= len(piece)
+        if not self._upgrade_left:
+            request.environ["CONTENT_LENGTH"] = str(body.size)
+            request.body = body.finish()
+            self.events.append(request)
+            self._upgrade_request = self._upgrade_body = None
+            self.in_message = False
 
     def _fail(self, error: ProtocolError) -> None:
         self.broken = True
@@ -167,14 +213,20 @@ class HttpConnection:
 
     def eof_received(self) -> None:
         """The client half-closed; a request it left unfinished can never complete."""
-        if self.in_message and not self.broken:
+        if self._upgrade_left:
+            self._upgrade_left = 0
+            if self._upgrade_body is not None:
+                self._upgrade_body.discard()
+            self.broken = False
+            self._fail(ProtocolError(400, "Incomplete request"))
+        elif self.in_message and not self.broken:
             self._fail(ProtocolError(400, "Incomplete request"))
 
     # -- httptools callbacks (called from inside feed_data) ----------------------------------
 
     def on_message_begin(self) -> None:
         self.in_message = self.in_head = True
-        self.head_bytes = self._fields = 0
+        self.head_bytes = self._fields = self._head_chunks = self._declared = 0
         self._url = b""
         self._environ = {}
 
@@ -186,10 +238,16 @@ class HttpConnection:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
         limits = self._limits
+        size = len(name) + len(value)
+        self.head_bytes += size + 4
         if self._fields > limits.fields:
             raise ProtocolError(431, "Too many header fields")
-        if len(name) + len(value) > limits.field_size:
+        if size > limits.field_size:
             raise ProtocolError(431, "Header field too large")
+        if self.head_bytes > limits.header_block:
+            raise ProtocolError(431, "Request header block too large")
+        if not self.in_head:
+            return  # a trailer field: never merged into the headers (RFC 9110 section 6.5.1)
         key = _CGI_NAMES.get(name)
         if key is None:
             key = cgi_name(name)
@@ -244,8 +302,12 @@ class HttpConnection:
         if coding is not None:
             if protocol == "HTTP/1.0":
                 raise ProtocolError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
-            if coding.lower() != "chunked":
+            codings = [c.strip().lower() for c in coding.split(",")]
+            if codings[-1] != "chunked":  # RFC 9112 section 6.3: the length is unknowable
+                raise ProtocolError(400, "Transfer-Encoding does not end in chunked")
+            if len(codings) > 1:
                 raise ProtocolError(501, "Transfer-Encoding not implemented")
+            self._declared = -1
             # The body is de-chunked and buffered whole: the app sees its length.
             del environ["HTTP_TRANSFER_ENCODING"]
             body_expected = True
@@ -256,6 +318,7 @@ class HttpConnection:
                 if limits.body and size > limits.body:
                     raise ProtocolError(413, "Request body too large")
                 body_expected = size > 0
+                self._declared = size
         expect = environ.get("HTTP_EXPECT")
         if expect is not None:
             if expect.lower() != "100-continue":
@@ -288,14 +351,6 @@ class HttpConnection:
         self.events.append(Request(
             environ, stream, self._parser.should_keep_alive(),
             environ["SERVER_PROTOCOL"] == "HTTP/1.1", environ["REQUEST_METHOD"] == "HEAD"))
-
-
-_METHOD_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
-
-
-def _looks_like_method(data: bytes) -> bool:
-    """A well-formed but unknown method earns 501; binary garbage earns 400."""
-    return _METHOD_START.match(data.lstrip(b"\r\n")) is not None
 
 
 # -- responses -------------------------------------------------------------------------------
