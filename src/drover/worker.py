@@ -35,6 +35,7 @@ import ipaddress
 import os
 import select
 import signal
+import socket
 import stat
 import sys
 import threading
@@ -110,7 +111,7 @@ class Connection(asyncio.Protocol):
                                           transport.get_extra_info("peername"))
         lt = self.lt
         lt.connections.add(self)
-        self.deadline = lt.now + lt.config.header_timeout
+        self.deadline = lt.clock() + lt.header_timeout
         if len(lt.connections) >= lt.config.max_connections:
             lt.pause_accepting()
 
@@ -124,10 +125,10 @@ class Connection(asyncio.Protocol):
                 lt = self.lt
                 if not parser.in_head:  # receiving a body: progress extends the deadline
                     self.state = READING
-                    self.deadline = lt.now + lt.config.io_timeout
+                    self.deadline = lt.clock() + lt.io_timeout
                 elif self.state != READING:  # the whole head must come within the timeout
                     self.state = READING
-                    self.deadline = lt.now + lt.config.header_timeout
+                    self.deadline = lt.clock() + lt.header_timeout
         if len(parser.events) >= MAX_QUEUED_EVENTS and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -155,7 +156,7 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.busy and not self.closed:
-            self.deadline = self.lt.now + self.lt.config.io_timeout
+            self.deadline = self.lt.clock() + self.lt.io_timeout
             if self.sendfile_job is not None:
                 self.sendfile_job.resume()
             elif self.iterator is not None:
@@ -188,7 +189,7 @@ class Connection(asyncio.Protocol):
                 self.close()
             else:  # idle between requests
                 self.state = IDLE
-                self.deadline = self.lt.now + self.lt.config.keepalive_timeout
+                self.deadline = self.lt.clock() + self.lt.keepalive_timeout
 
     def reject(self, error: ProtocolError) -> None:
         """Bad input: a short answer (HTTP) and close; the worker is unharmed."""
@@ -210,8 +211,10 @@ class Connection(asyncio.Protocol):
         if lt.access_log:
             self.started = time.perf_counter()
         result = None
+        lt.in_app = True
         try:
             result = lt.app(environ, response.start_response)
+            lt.in_app = False
             if (type(result) is list and len(result) == 1 and type(result[0]) is bytes
                     and not response.head_sent):
                 data = result[0]  # the common case: the whole body in one piece
@@ -230,6 +233,7 @@ class Connection(asyncio.Protocol):
             self._begin_response(request, response, result)
             self.iterator = iter(result)
         except Exception as exc:
+            lt.in_app = False
             self.app_failed(request, response, result, exc)
             return
         self.stream()
@@ -240,7 +244,7 @@ class Connection(asyncio.Protocol):
         self.request, self.response, self.result = request, response, result
         self.busy = True
         self.state = WRITING
-        self.deadline = self.lt.now + self.lt.config.io_timeout
+        self.deadline = self.lt.clock() + self.lt.io_timeout
 
     def stream(self) -> None:
         """Iterate the app's body until it ends or the transport asks us to wait."""
@@ -440,11 +444,11 @@ class _SendfileJob:
             sock = self.conn.transport.get_extra_info("socket")
             self.watch_fd = os.dup(sock.fileno())
         loop.add_writer(self.watch_fd, self._writable)
-        self.conn.deadline = self.conn.lt.now + self.conn.lt.config.io_timeout
+        self.conn.deadline = self.conn.lt.clock() + self.conn.lt.io_timeout
 
     def _writable(self) -> None:
         self.conn.lt.loop.remove_writer(self.watch_fd)
-        self.conn.deadline = self.conn.lt.now + self.conn.lt.config.io_timeout
+        self.conn.deadline = self.conn.lt.clock() + self.conn.lt.io_timeout
         self.resume()
 
     def cancel(self) -> None:
@@ -474,6 +478,19 @@ class LoopThread:
         self.keepalive = worker.config.keepalive_timeout > 0
         self.access_log = worker.config.access_log
         self.now = self.loop.time()
+        self.clock = self.loop.time  # deadlines are precise; the tick checks them each second
+        self.header_timeout = worker.config.header_timeout
+        self.io_timeout = worker.config.io_timeout
+        self.keepalive_timeout = worker.config.keepalive_timeout
+        # Accepting: with one thread, uvloop's server accepts in C on this loop. With several,
+        # the worker's main thread accepts and hands each connection to the least loaded loop
+        # (``adopt``): left to themselves, loops race for the GIL and one of them accepts a
+        # whole burst (libuv drains the backlog), serialising blocking requests behind each
+        # other while other threads idle.
+        self.accepts_itself = worker.config.threads == 1
+        self.assigned = 0  # connections handed to this loop (written by the main thread)
+        self.released = 0  # of those, closed (written by this loop)
+        self.in_app = False  # inside a call to the app (read by the main thread)
         self.last_tick = time.monotonic()  # read by the worker's main thread
         self.server_date = ""
         self._refresh_date()
@@ -510,11 +527,27 @@ class LoopThread:
             self.begin_stop(self.stop_drain)
 
     async def _listen(self) -> None:
+        if not self.accepts_itself:
+            return
         for listener in self.worker.listeners:
             factory = self.worker.factory_for(self, listener)
             server = await self.loop.create_server(factory, sock=listener.sock.dup(),
                                                    backlog=self.config.backlog)
             self.servers.append(server)
+
+    def adopt(self, conn: socket.socket, listener: Listener) -> None:
+        """Take a connection the main thread accepted (threads > 1)."""
+        if self.stopping:
+            conn.close()
+            self.released += 1
+            return
+        factory = self.worker.factory_for(self, listener)
+        self.loop.create_task(self.loop.connect_accepted_socket(factory, conn))
+
+    def _unlisten(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
 
     def _tick(self) -> None:
         self.now = now = self.loop.time()
@@ -535,12 +568,11 @@ class LoopThread:
             self.accepting = False
             log.warning("thread %d has %d connections (--max-connections): not accepting",
                         self.index, len(self.connections))
-            for server in self.servers:
-                server.close()
-            self.servers.clear()
+            self._unlisten()
 
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        self.released += 1
         if self.stopping:
             if not self.connections:
                 self.loop.stop()
@@ -564,9 +596,7 @@ class LoopThread:
             self.stop_drain = drain  # _started() finishes the job
             return
         self.stop_deadline = self.loop.time() + self.config.graceful_timeout
-        for server in self.servers:
-            server.close()
-        self.servers.clear()
+        self._unlisten()
         if not drain:
             for conn in list(self.connections):
                 if not conn.busy and not conn.parser.in_message and not conn.parser.events:
@@ -639,6 +669,24 @@ class Worker:
                      self.worker_id, self.served)
             os.kill(os.getpid(), signal.SIGHUP)
 
+    def _accept(self, listener: Listener) -> None:
+        """Main thread, threads > 1: accept what is queued, each to the least loaded loop."""
+        threads = self.threads
+        for _ in range(64):
+            try:
+                conn, _ = listener.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:  # EMFILE and the like: try again on the next wake-up
+                log.warning("accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            if conn.family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            target = min(threads, key=lambda t: (t.in_app, t.assigned - t.released))
+            target.assigned += 1
+            target.loop.call_soon_threadsafe(target.adopt, conn, listener)
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)  # only queue: the main loop acts (no work in handlers)
 
@@ -656,9 +704,17 @@ class Worker:
         os.write(self.pipe, b"R")
         master = os.getppid()
         stopping = False
+        accepting = {listener.sock.fileno(): listener for listener in self.listeners
+                     if not self.threads[0].accepts_itself}
+        next_beat = 0.0
         while True:
-            with contextlib.suppress(InterruptedError):
-                select.select([wake_r], [], [], 1.0)
+            try:
+                ready, _, _ = select.select([wake_r, *accepting], [], [], 1.0)
+            except InterruptedError:
+                ready = []
+            for fd in ready:
+                if fd in accepting:
+                    self._accept(accepting[fd])
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 64)
             while self._signals:
@@ -667,6 +723,7 @@ class Worker:
                     os._exit(0)
                 if not stopping:
                     stopping = True
+                    accepting.clear()
                     drain = signum == signal.SIGHUP  # retiring: reload, recycling, TTOU
                     log.info("worker %d %s", self.worker_id,
                              "retiring" if drain else "stopping gracefully")
@@ -685,9 +742,11 @@ class Worker:
                 log.error("worker %d: loop thread(s) %s died; exiting", self.worker_id, dead)
                 os._exit(1)
             now = time.monotonic()
-            if all(now - lt.last_tick < 3.0 for lt in self.threads):
-                with contextlib.suppress(OSError):
-                    os.write(self.pipe, b".")
+            if now >= next_beat:
+                next_beat = now + 1.0
+                if all(now - lt.last_tick < 3.0 for lt in self.threads):
+                    with contextlib.suppress(OSError):
+                        os.write(self.pipe, b".")
         sys.stderr.flush()
         os._exit(0)
 
