@@ -78,26 +78,29 @@ class Connection(asyncio.Protocol):
 
     protocol_name = "http"
 
+    # Per-connection state. Defaults live on the class, so a new connection (one per request
+    # behind nginx's uwsgi_pass) sets only what differs.
+    transport: asyncio.Transport
+    closed = False
+    busy = False  # a response is being streamed
+    write_paused = False
+    reading_paused = False
+    state = FRESH
+    deadline = 0.0
+    served = 0
+    # The response in progress (when busy).
+    request: Request | None = None
+    response: Response | None = None
+    result: Iterable[bytes] | None = None
+    iterator: Iterator[bytes] | None = None
+    started = 0.0
+    sendfile_job: _SendfileJob | None = None
+
     def __init__(self, loop_thread: LoopThread, environ: dict[str, Any]) -> None:
         self.lt = loop_thread
         self.base = environ
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.environ: dict[str, Any] = environ
         self.parser: HttpConnection | UwsgiConnection = self.make_parser()
-        self.closed = False
-        self.busy = False  # a response is being streamed
-        self.write_paused = False
-        self.reading_paused = False
-        self.state = FRESH
-        self.deadline = 0.0
-        self.served = 0
-        # The response in progress (when busy).
-        self.request: Request | None = None
-        self.response: Response | None = None
-        self.result: Iterable[bytes] | None = None
-        self.iterator: Iterator[bytes] | None = None
-        self.started = 0.0
-        self.sendfile_job: _SendfileJob | None = None
 
     def make_parser(self) -> HttpConnection:
         return HttpConnection(self.lt.worker.limits)
@@ -107,8 +110,9 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.transport.set_write_buffer_limits(HIGH_WATER)
+        self.peer = transport.get_extra_info("peername")
         self.environ = connection_environ(self.base, transport.get_extra_info("sockname"),
-                                          transport.get_extra_info("peername"))
+                                          self.peer)
         lt = self.lt
         lt.connections.add(self)
         self.deadline = lt.clock() + lt.header_timeout
@@ -363,7 +367,7 @@ class UwsgiHandler(Connection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
+        peer = self.peer
         # The protocol has no authentication: over TCP only listed peers may speak it.
         if isinstance(peer, tuple) and not self.lt.worker.uwsgi_allowed(peer[0]):
             log.warning("refused uwsgi connection from %s (not in --uwsgi-allow-from)", peer[0])

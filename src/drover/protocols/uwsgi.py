@@ -37,33 +37,52 @@ _REQUIRED = (("REQUEST_METHOD", "GET"), ("SCRIPT_NAME", ""), ("QUERY_STRING", ""
 
 # nginx forwards the Content-Type and Content-Length request fields both as the CGI variables
 # and as HTTP_*; PEP 3333 (and wsgiref.validate) allow only the CGI names.
-_DROPPED = frozenset(("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"))
+_DROPPED = ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH", "")
 
 
 def parse_vars(block: bytes) -> dict[str, str]:
-    """The vars block -> CGI environ; ProtocolError(0, ...) if lengths run past the block."""
-    environ: dict[str, str] = {}
-    view = memoryview(block)
+    """The vars block -> CGI environ; ProtocolError(0, ...) if lengths run past the block.
+
+    The block is decoded once: latin-1 maps each byte to one code point, so byte offsets are
+    string offsets and each key and value is a plain slice (this runs once per request).
+    """
+    text = block.decode("latin-1")
     end = len(block)
+    environ: dict[str, str] = {}
+    pos = count = 0
+    try:
+        while pos < end:
+            key_end = pos + 2 + (block[pos] | block[pos + 1] << 8)
+            value_end = key_end + 2 + (block[key_end] | block[key_end + 1] << 8)
+            if value_end > end:
+                raise ProtocolError(0, "uwsgi var value past the end of the vars block")
+            environ[text[pos + 2:key_end]] = text[key_end + 2:value_end]
+            pos = value_end
+            count += 1
+    except IndexError:
+        raise ProtocolError(0, "uwsgi var past the end of the vars block") from None
+    if count != len(environ):
+        environ = _join_repeated(text, block)
+    # Never honour code-loading "magic" vars (UWSGI_SCHEME only names the scheme).
+    if b"UWSGI_" in block:
+        for key in [k for k in environ if k.startswith("UWSGI_") and k != "UWSGI_SCHEME"]:
+            del environ[key]
+    for key in _DROPPED:
+        environ.pop(key, None)
+    return environ
+
+
+def _join_repeated(text: str, block: bytes) -> dict[str, str]:
+    """The rare block with a repeated key (already validated): joined as repeated header fields
+    are."""
+    environ: dict[str, str] = {}
     pos = 0
-    while pos < end:
-        if pos + 2 > end:
-            raise ProtocolError(0, "uwsgi var key length past the end of the vars block")
-        klen = view[pos] | view[pos + 1] << 8
-        pos += 2
-        if pos + klen + 2 > end:
-            raise ProtocolError(0, "uwsgi var key past the end of the vars block")
-        key = bytes(view[pos:pos + klen]).decode("latin-1")
-        pos += klen
-        vlen = view[pos] | view[pos + 1] << 8
-        pos += 2
-        if pos + vlen > end:
-            raise ProtocolError(0, "uwsgi var value past the end of the vars block")
-        value = bytes(view[pos:pos + vlen]).decode("latin-1")
-        pos += vlen
-        if not key or key in _DROPPED or (key.startswith("UWSGI_") and key != "UWSGI_SCHEME"):
-            continue  # never honour code-loading "magic" vars
-        if key in environ:  # repeated: joined as repeated header fields are
+    while pos < len(block):
+        key_end = pos + 2 + (block[pos] | block[pos + 1] << 8)
+        value_end = key_end + 2 + (block[key_end] | block[key_end + 1] << 8)
+        key, value = text[pos + 2:key_end], text[key_end + 2:value_end]
+        pos = value_end
+        if key in environ:
             environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + value
         else:
             environ[key] = value
