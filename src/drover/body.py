@@ -8,7 +8,6 @@ anonymous temporary file. Runs on a worker's loop thread.
 from __future__ import annotations
 
 import io
-import tempfile
 from typing import BinaryIO
 
 
@@ -56,6 +55,8 @@ class BodyBuffer:
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self._spill_at and isinstance(self._file, io.BytesIO):
+            import tempfile  # here, not at the top: a worker that never spills saves ~1 MiB
+
             spilled: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the request
             spilled.write(self._file.getbuffer())
             self._file = spilled

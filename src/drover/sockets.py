@@ -90,6 +90,14 @@ def _remove_stale_unix_socket(path: str) -> None:
     raise OSError(errno.EADDRINUSE, f"another server is listening on {path}")
 
 
+def _is_ipv4(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
 def bind(protocol: str, text: str, backlog: int, chmod: int | None) -> Listener:
     """Bind and listen; called in the master before fork. Raises OSError with a clear message."""
     address = parse_listen_address(text)
@@ -104,8 +112,11 @@ def bind(protocol: str, text: str, backlog: int, chmod: int | None) -> Listener:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         if not host:
             host = "0.0.0.0"
-        elif family == socket.AF_INET:
-            infos = socket.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)
+        elif family == socket.AF_INET and not _is_ipv4(host):
+            # A name: resolve it. Bytes, so that Python's idna codec (and unicodedata) is not
+            # loaded into the master, whose memory every worker inherits.
+            name = host.encode("ascii") if host.isascii() else host
+            infos = socket.getaddrinfo(name, address.port, type=socket.SOCK_STREAM)
             family, _, _, _, sockaddr = infos[0]
             host = str(sockaddr[0])
         sock = socket.socket(family, socket.SOCK_STREAM)

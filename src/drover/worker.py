@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import os
 import select
 import signal
@@ -41,7 +40,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from email.utils import formatdate
 from typing import Any, BinaryIO
 
 import uvloop
@@ -71,6 +69,17 @@ MAX_QUEUED_EVENTS = 32  # pipelined requests parsed ahead before reading pauses
 
 # What a connection is waiting for, which decides its deadline.
 FRESH, IDLE, READING, WRITING = range(4)
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(timestamp: float) -> str:
+    """IMF-fixdate (RFC 9110 section 5.6.7), independent of the locale."""
+    t = time.gmtime(timestamp)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 class Connection(asyncio.Protocol):
@@ -501,7 +510,7 @@ class LoopThread:
         self.thread = threading.Thread(target=self._run, name=f"loop-{index}", daemon=True)
 
     def _refresh_date(self) -> None:
-        self.server_date = (f"Server: drover\r\nDate: {formatdate(usegmt=True)}\r\n")
+        self.server_date = f"Server: drover\r\nDate: {http_date(time.time())}\r\n"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -633,8 +642,13 @@ class Worker:
             id(listener): base_environ(config.threads > 1, config.workers > 1)
             for listener in listeners}
         self._uwsgi_peers: dict[str, bool] = {}
-        self.uwsgi_networks = [ipaddress.ip_network(net, strict=False) for net in
-                               (config.uwsgi_allow_from or ("127.0.0.0/8", "::1/128"))]
+        self.uwsgi_networks: list[Any] = []
+        if any(listener.protocol == "uwsgi" for listener in listeners):
+            import ipaddress
+
+            self.uwsgi_networks = [
+                ipaddress.ip_network(net, strict=False)
+                for net in (config.uwsgi_allow_from or ("127.0.0.0/8", "::1/128"))]
         self.threads = [LoopThread(self, i) for i in range(config.threads)]
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
@@ -656,6 +670,8 @@ class Worker:
         """Is this peer address in --uwsgi-allow-from? Answers are cached per address."""
         allowed = self._uwsgi_peers.get(host)
         if allowed is None:
+            import ipaddress
+
             try:
                 address = ipaddress.ip_address(host.partition("%")[0])
                 allowed = any(address in network for network in self.uwsgi_networks)

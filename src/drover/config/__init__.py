@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,18 @@ def _flag(name: str, info: SettingInfo) -> str:
     return info.flags[-1] if info.flags else name
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Sized from the terminal without argparse's default ``shutil`` import: the master's
+    modules are inherited by every worker, and shutil drags in bz2 and lzma (~1 MiB each)."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            width = os.get_terminal_size().columns - 2
+        except OSError:
+            width = 78
+        super().__init__(prog, width=max(40, min(width, 118)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser, generated from the settings table (runs in the master, once)."""
     parser = argparse.ArgumentParser(
@@ -34,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every option can also be set as a DROVER_<NAME> environment variable, e.g. "
         "DROVER_WORKERS=4; the command line wins. Signals to the master: TERM/INT stop "
         "gracefully, QUIT stops at once, HUP reloads workers, TTIN/TTOU add/remove a worker.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"drover {__version__}")
     groups: dict[str, argparse._ArgumentGroup] = {}

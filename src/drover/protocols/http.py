@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
 
 import httptools
 
@@ -76,6 +75,21 @@ def cgi_name(name: bytes) -> str:
     if len(_CGI_NAMES) < _CGI_CACHE_MAX:
         _CGI_NAMES[name] = key
     return key
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def unquote_to_bytes(raw: bytes) -> bytes:
+    """Percent-decoding (RFC 3986 section 2.1); a '%' not followed by two hex digits stays."""
+    pieces = raw.split(b"%")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        if len(piece) >= 2 and piece[0] in _HEX and piece[1] in _HEX:
+            out.append(bytes((int(piece[:2], 16),)) + piece[2:])
+        else:
+            out.append(b"%" + piece)
+    return b"".join(out)
 
 
 def decode_path(raw: bytes) -> str:
