@@ -94,6 +94,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 section 5.6.2
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (section 5.5)
 _STATUS = re.compile(r"[1-5][0-9][0-9] [^\x00-\x1f\x7f]*\Z")
 _STATUS_HAS_BODY: dict[str, bool] = {}  # validated status lines
+_LINES: dict[tuple[str, str], str] = {}  # validated ordinary (name, value) -> "name: value\r\n"
 
 
 class ResponseError(Exception):
@@ -162,16 +163,26 @@ class Response:
         if type(headers) is not list:
             raise ResponseError(f"response headers must be a list, not {type(headers).__name__}")
         lines: list[str] = []
-        kinds = _NAME_KINDS
+        cache = _LINES
         try:
-            for name, value in headers:
-                kind = kinds.get(name)
+            for item in headers:
+                line = cache.get(item)  # an ordinary field seen before, already checked
+                if line is not None:
+                    lines.append(line)
+                    continue
+                name, value = item
+                kind = _NAME_KINDS.get(name)
                 if kind is None:
                     kind = _name_kind(name)
                 if not value.isprintable():
                     _check_value(name, value)
                 if kind == _ORDINARY:
-                    lines.append(f"{name}: {value}\r\n")
+                    line = f"{name}: {value}\r\n"
+                    lines.append(line)
+                    if type(item) is tuple:
+                        if len(cache) >= 2048:
+                            cache.clear()  # bounded: varying values (cookies) must not grow it
+                        cache[item] = line
                 else:
                     self._special(kind, name, value, lines)
         except (TypeError, ValueError, AttributeError):
