@@ -122,6 +122,7 @@ class Connection(asyncio.Protocol):
         self.peer = transport.get_extra_info("peername")
         self.environ = connection_environ(self.base, transport.get_extra_info("sockname"),
                                           self.peer)
+        self.parser.seed = self.environ
         lt = self.lt
         lt.connections.add(self)
         self.deadline = lt.clock() + lt.header_timeout
@@ -217,8 +218,7 @@ class Connection(asyncio.Protocol):
         lt = self.lt
         if not lt.keepalive:
             request.keep_alive = False
-        environ = self.environ.copy()
-        environ.update(request.environ)
+        environ = request.environ  # the connection's seed with this request's variables
         environ["wsgi.input"] = request.body
         response = Response(request, lt.server_date, self.transport.write)
         if lt.access_log:
@@ -343,7 +343,7 @@ class Connection(asyncio.Protocol):
         environ = request.environ
         status = (response.status or "500").split(" ", 1)[0]
         took = (time.perf_counter() - self.started) * 1000
-        access.info('%s "%s %s %s" %s %d %.1fms', self.environ.get("REMOTE_ADDR"),
+        access.info('%s "%s %s %s" %s %d %.1fms', environ.get("REMOTE_ADDR"),
                     environ.get("REQUEST_METHOD"), environ.get("REQUEST_URI"),
                     environ.get("SERVER_PROTOCOL"), status, response.sent, took)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import httptools
 
@@ -113,7 +114,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 class HttpConnection:
     """The HTTP/1.1 parser state of one client connection. Runs on a worker's loop thread."""
 
-    __slots__ = ("_declared", "_head_chunks", "_upgrade_body", "_upgrade_left",
+    __slots__ = ("seed", "_declared", "_head_chunks", "_upgrade_body", "_upgrade_left",
                  "_upgrade_request", "_body", "_environ", "_limits", "_parser", "_url", "broken",
                  "events", "head_bytes", "in_head", "in_message", "_fields")
 
@@ -127,6 +128,9 @@ class HttpConnection:
         self.head_bytes = 0
         self._url = b""
         self._environ: dict[str, str] = {}
+        # Each request's environ starts as a copy of this: the constant variables the worker
+        # sets for the connection (addresses, wsgi.*). Opaque to the parser.
+        self.seed: dict[str, Any] = {}
         self._body: BodyBuffer | None = None
         self._declared = 0  # body length the head declared; -1: chunked
         self._head_chunks = 0
@@ -242,7 +246,7 @@ class HttpConnection:
         self.in_message = self.in_head = True
         self.head_bytes = self._fields = self._head_chunks = self._declared = 0
         self._url = b""
-        self._environ = {}
+        self._environ = self.seed.copy()
 
     def on_url(self, url: bytes) -> None:
         self._url += url

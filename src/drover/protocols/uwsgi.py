@@ -20,6 +20,7 @@ them: every var whose name starts with ``UWSGI_`` is dropped before the app sees
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import httptools
 
@@ -119,13 +120,14 @@ class UwsgiConnection:
     """One uwsgi connection's parser state: one request, then the connection closes."""
 
     __slots__ = ("_body", "_buffer", "_environ", "_left", "_limits", "_vars_limit", "broken",
-                 "events", "in_head", "in_message")
+                 "events", "in_head", "in_message", "seed")
 
     def __init__(self, limits: HttpLimits, vars_limit: int) -> None:
         self._limits = limits
         self._vars_limit = vars_limit
         self._buffer = bytearray()
         self._environ: dict[str, str] | None = None
+        self.seed: dict[str, Any] = {}  # the connection's constant environ (see http.py)
         self._body: BodyBuffer | None = None
         self._left = 0
         self.events: deque[Event] = deque()
@@ -167,9 +169,11 @@ class UwsgiConnection:
                                 f"({self._vars_limit})")
         if len(buffer) < HEADER_SIZE + size:
             return False
-        environ = parse_vars(bytes(buffer[HEADER_SIZE:HEADER_SIZE + size]))
+        variables = parse_vars(bytes(buffer[HEADER_SIZE:HEADER_SIZE + size]))
         del buffer[:HEADER_SIZE + size]
-        complete_environ(environ)  # may raise ProtocolError(400)
+        complete_environ(variables)  # may raise ProtocolError(400)
+        environ = self.seed.copy()
+        environ.update(variables)
         length_text = environ.get("CONTENT_LENGTH", "")
         if length_text:
             if not (length_text.isascii() and length_text.isdigit()):
