@@ -43,28 +43,42 @@ EMPTY_INPUT: BinaryIO = EmptyInput()  # type: ignore[assignment]
 
 
 class BodyBuffer:
-    """Accumulates one request body; ``finish()`` gives the file the app reads."""
+    """Accumulates one request body; ``finish()`` gives the file the app reads.
 
-    __slots__ = ("_file", "_spill_at", "size")
+    In memory the pieces are kept as they came and joined once at the end: a growing BytesIO
+    would copy the body again at every reallocation. ``io.BytesIO(bytes)`` then shares the
+    joined buffer instead of copying it.
+    """
+
+    __slots__ = ("_file", "_pieces", "_spill_at", "size")
 
     def __init__(self, spill_at: int) -> None:
-        self._file: BinaryIO = io.BytesIO()
+        self._pieces: list[bytes] = []
+        self._file: BinaryIO | None = None
         self._spill_at = spill_at
         self.size = 0
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
-        if self.size > self._spill_at and isinstance(self._file, io.BytesIO):
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._pieces.append(data)
+        if self.size > self._spill_at:
             import tempfile  # here, not at the top: a worker that never spills saves ~1 MiB
 
             spilled: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the request
-            spilled.write(self._file.getbuffer())
+            spilled.writelines(self._pieces)
+            self._pieces = []
             self._file = spilled
-        self._file.write(data)
 
     def finish(self) -> BinaryIO:
+        if self._file is None:
+            return io.BytesIO(b"".join(self._pieces))
         self._file.seek(0)
         return self._file
 
     def discard(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+        self._pieces = []

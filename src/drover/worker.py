@@ -65,6 +65,7 @@ EXIT_APP_LOAD = 3  # the worker could not load the app: the master must not resp
 WsgiApp = Callable[..., Iterable[bytes]]
 
 HIGH_WATER = 256 * 1024  # transport buffer size that pauses the app's body iteration
+COPY_LIMIT = 64 * 1024  # bodies below this are joined to the head for a single send
 MAX_QUEUED_EVENTS = 32  # pipelined requests parsed ahead before reading pauses
 
 # What a connection is waiting for, which decides its deadline.
@@ -232,10 +233,13 @@ class Connection(asyncio.Protocol):
                     and not response.head_sent):
                 data = result[0]  # the common case: the whole body in one piece
                 head = response.head_bytes(len(data))
-                if response.remaining == len(data) and not response.head:
-                    self.transport.write(head + data)
-                else:
+                if response.remaining != len(data) or response.head:
                     self.transport.write(head + response.frame(data) + response.end())
+                elif len(data) < COPY_LIMIT:
+                    self.transport.write(head + data)  # one send for head and body
+                else:  # no copy of a large body: the transport keeps a reference
+                    self.transport.write(head)
+                    self.transport.write(data)
                 self.done(request, response, None)
                 return
             if type(result) is FileWrapper and _SendfileJob.usable(result):
@@ -276,7 +280,12 @@ class Connection(asyncio.Protocol):
                     write(response.frame(data))
                 else:
                     head = response.head_bytes(None)  # decides the framing first
-                    write(head + response.frame(data))
+                    framed = response.frame(data)
+                    if len(framed) < COPY_LIMIT:
+                        write(head + framed)
+                    else:
+                        write(head)
+                        write(framed)
                 if self.write_paused or transport.is_closing():
                     return  # resume_writing() continues, connection_lost() cleans up
             tail = response.end()
