@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
+import dataclasses
 import datetime as dt
 import http.client
 import importlib.metadata
@@ -52,6 +54,7 @@ WRK_SLACK = 30.0  # seconds a wrk run may take beyond its duration
 
 SLEEP_THREADS = 16
 SLEEP_SECONDS = 0.020
+IDEAL_BLOCKING_RPS = SLEEP_THREADS / SLEEP_SECONDS
 MIB = 1 << 20
 
 Protocol = Literal["http", "uwsgi"]
@@ -94,7 +97,11 @@ def expect_json_message(body: bytes) -> str | None:
         data = json.loads(body)
     except ValueError:
         return f"not JSON: {body[:80]!r}"
-    return None if isinstance(data, dict) and data.get("message") == "Hello, World!" else f"bad JSON {data!r}"
+    return (
+        None
+        if isinstance(data, dict) and data.get("message") == "Hello, World!"
+        else f"bad JSON {data!r}"
+    )
 
 
 def expect_length(length: int) -> Callable[[bytes], str | None]:
@@ -116,7 +123,7 @@ BIG_POST = Workload(
     script="post_10mib.lua",
     check=expect_exact(str(10 * MIB).encode()),
 )
-SLEEPY = Workload(app="sleep", connections=2 * SLEEP_THREADS, check=expect_exact(b"slept 20 ms"))
+SLEEPY = Workload(app="sleep", connections=4 * SLEEP_THREADS, check=expect_exact(b"slept 20 ms"))
 
 
 # --------------------------------------------------------------------------- servers
@@ -176,7 +183,11 @@ def drover_help() -> str:
         try:
             proc = subprocess.run(
                 [sys.executable, "-m", "drover", "--help"],
-                env=env, cwd=REPO_DIR, capture_output=True, text=True, timeout=30,
+                env=env,
+                cwd=REPO_DIR,
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
             _drover_help = proc.stdout + proc.stderr if proc.returncode == 0 else ""
         except subprocess.TimeoutExpired:
@@ -185,7 +196,9 @@ def drover_help() -> str:
 
 
 def drover_unavailable(protocol: Protocol) -> str | None:
-    present = importlib.util.find_spec("drover") is not None or (REPO_DIR / "src" / "drover").is_dir()
+    present = (
+        importlib.util.find_spec("drover") is not None or (REPO_DIR / "src" / "drover").is_dir()
+    )
     if not present:
         return "no drover package in the venv nor in src/drover"
     text = drover_help()
@@ -202,21 +215,27 @@ def drover_command(launch: Launch) -> list[str]:
     cmd += ["--threads", str(launch.threads), "--chdir", str(APPS_DIR)]
     if "--pythonpath" in drover_help():
         cmd += ["--pythonpath", str(APPS_DIR)]
-    return cmd + [f"{launch.module}:app"]
+    return [*cmd, f"{launch.module}:app"]
+
+
+def git(*args: str) -> str:
+    """Output of a read-only git command in the repository, or "" when it fails."""
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def drover_version() -> str:
+    """The package version plus the commit measured, flagged when src/ has local changes."""
     version = dist_version("drover")
-    if version != "not installed":
-        return version
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        rev = ""
-    return f"source tree ({rev or 'no commit'})"
+    rev = git("rev-parse", "--short", "HEAD") or "no commit"
+    dirty = " + uncommitted changes" if git("status", "--porcelain", "--", "src") else ""
+    base = "source tree" if version == "not installed" else version
+    return f"{base} (git {rev}{dirty})"
 
 
 # uWSGI -------------------------------------------------------------------------------
@@ -231,9 +250,23 @@ def uwsgi_command(launch: Launch) -> list[str]:
     else:
         cmd += ["--socket", f"{HOST}:{launch.port}"]
     cmd += [
-        "--chdir", str(APPS_DIR), "--wsgi-file", f"{launch.module}.py", "--callable", "app",
-        "--master", "--processes", "1", "--disable-logging", "--need-app", "--die-on-term",
-        "--single-interpreter", "--listen", "1024", "--buffer-size", "32768",
+        "--chdir",
+        str(APPS_DIR),
+        "--wsgi-file",
+        f"{launch.module}.py",
+        "--callable",
+        "app",
+        "--master",
+        "--processes",
+        "1",
+        "--disable-logging",
+        "--need-app",
+        "--die-on-term",
+        "--single-interpreter",
+        "--listen",
+        "1024",
+        "--buffer-size",
+        "32768",
     ]
     if launch.threads > 1:
         cmd += ["--threads", str(launch.threads)]
@@ -245,14 +278,29 @@ def uwsgi_command(launch: Launch) -> list[str]:
 
 def gunicorn_command(launch: Launch) -> list[str]:
     cmd = [
-        str(VENV_BIN / "gunicorn"), "--workers", "1", "--worker-class", "gthread",
-        "--threads", str(launch.threads), "--bind", f"{HOST}:{launch.port}",
-        "--chdir", str(APPS_DIR), "--worker-connections", "2000", "--backlog", "2048",
-        "--keep-alive", "30", "--log-level", "warning",
+        str(VENV_BIN / "gunicorn"),
+        "--workers",
+        "1",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(launch.threads),
+        "--bind",
+        f"{HOST}:{launch.port}",
+        "--chdir",
+        str(APPS_DIR),
+        "--worker-connections",
+        "2000",
+        "--backlog",
+        "2048",
+        "--keep-alive",
+        "30",
+        "--log-level",
+        "warning",
     ]
     if launch.protocol == "uwsgi":
         cmd += ["--protocol", "uwsgi"]
-    return cmd + [f"{launch.module}:app"]
+    return [*cmd, f"{launch.module}:app"]
 
 
 def gunicorn_unavailable(protocol: Protocol) -> str | None:
@@ -270,10 +318,30 @@ def gunicorn_unavailable(protocol: Protocol) -> str | None:
 
 def granian_command(launch: Launch) -> list[str]:
     return [
-        str(VENV_BIN / "granian"), "--interface", "wsgi", "--host", HOST, "--port", str(launch.port),
-        "--workers", "1", "--blocking-threads", str(launch.threads), "--runtime-threads", "1",
-        "--http", "1", "--no-ws", "--no-access-log", "--log-level", "warning",
-        "--backlog", "2048", "--working-dir", str(APPS_DIR), f"{launch.module}:app",
+        str(VENV_BIN / "granian"),
+        "--interface",
+        "wsgi",
+        "--host",
+        HOST,
+        "--port",
+        str(launch.port),
+        "--workers",
+        "1",
+        "--blocking-threads",
+        str(launch.threads),
+        "--runtime-threads",
+        "1",
+        "--http",
+        "1",
+        "--no-ws",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--backlog",
+        "2048",
+        "--working-dir",
+        str(APPS_DIR),
+        f"{launch.module}:app",
     ]
 
 
@@ -282,9 +350,14 @@ def granian_command(launch: Launch) -> list[str]:
 
 def waitress_command(launch: Launch) -> list[str]:
     return [
-        str(VENV_BIN / "waitress-serve"), f"--listen={HOST}:{launch.port}",
-        f"--threads={launch.threads}", "--connection-limit=2000", "--backlog=2048",
-        "--asyncore-use-poll", "--channel-timeout=60", f"{launch.module}:app",
+        str(VENV_BIN / "waitress-serve"),
+        f"--listen={HOST}:{launch.port}",
+        f"--threads={launch.threads}",
+        "--connection-limit=2000",
+        "--backlog=2048",
+        "--asyncore-use-poll",
+        "--channel-timeout=60",
+        f"{launch.module}:app",
     ]
 
 
@@ -292,28 +365,75 @@ def waitress_command(launch: Launch) -> list[str]:
 
 
 def bjoern_command(launch: Launch) -> list[str]:
-    return [sys.executable, str(SERVERS_DIR / "bjoern_run.py"), HOST, str(launch.port), f"{launch.module}:app"]
+    return [
+        sys.executable,
+        str(SERVERS_DIR / "bjoern_run.py"),
+        HOST,
+        str(launch.port),
+        f"{launch.module}:app",
+    ]
 
 
 def bjoern_unavailable(_protocol: Protocol) -> str | None:
-    return None if importlib.util.find_spec("bjoern") else "bjoern not installed (it needs libev-dev and a C compiler)"
+    return (
+        None
+        if importlib.util.find_spec("bjoern")
+        else "bjoern not installed (it needs libev-dev and a C compiler)"
+    )
 
 
 SERVERS: dict[str, ServerDef] = {
     s.key: s
     for s in (
-        ServerDef("drover", "Drover", frozenset({"http", "uwsgi"}), drover_command,
-                  drover_unavailable, drover_version, drover_env),
-        ServerDef("uwsgi", "uWSGI", frozenset({"http", "uwsgi"}), uwsgi_command,
-                  venv_tool("uwsgi"), lambda: dist_version("pyuwsgi")),
-        ServerDef("gunicorn", "Gunicorn gthread", frozenset({"http", "uwsgi"}), gunicorn_command,
-                  gunicorn_unavailable, lambda: dist_version("gunicorn")),
-        ServerDef("granian", "Granian", frozenset({"http"}), granian_command,
-                  venv_tool("granian"), lambda: dist_version("granian")),
-        ServerDef("waitress", "Waitress", frozenset({"http"}), waitress_command,
-                  venv_tool("waitress-serve"), lambda: dist_version("waitress")),
-        ServerDef("bjoern", "bjoern", frozenset({"http"}), bjoern_command,
-                  bjoern_unavailable, lambda: dist_version("bjoern")),
+        ServerDef(
+            "drover",
+            "Drover",
+            frozenset({"http", "uwsgi"}),
+            drover_command,
+            drover_unavailable,
+            drover_version,
+            drover_env,
+        ),
+        ServerDef(
+            "uwsgi",
+            "uWSGI",
+            frozenset({"http", "uwsgi"}),
+            uwsgi_command,
+            venv_tool("uwsgi"),
+            lambda: dist_version("pyuwsgi"),
+        ),
+        ServerDef(
+            "gunicorn",
+            "Gunicorn gthread",
+            frozenset({"http", "uwsgi"}),
+            gunicorn_command,
+            gunicorn_unavailable,
+            lambda: dist_version("gunicorn"),
+        ),
+        ServerDef(
+            "granian",
+            "Granian",
+            frozenset({"http"}),
+            granian_command,
+            venv_tool("granian"),
+            lambda: dist_version("granian"),
+        ),
+        ServerDef(
+            "waitress",
+            "Waitress",
+            frozenset({"http"}),
+            waitress_command,
+            venv_tool("waitress-serve"),
+            lambda: dist_version("waitress"),
+        ),
+        ServerDef(
+            "bjoern",
+            "bjoern",
+            frozenset({"http"}),
+            bjoern_command,
+            bjoern_unavailable,
+            lambda: dist_version("bjoern"),
+        ),
     )
 }
 
@@ -339,22 +459,43 @@ class Scenario:
 
 
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("hello", "1. Hello world (13-byte body, 50 keep-alive connections)", HELLO, ALL_DIRECT),
+    Scenario(
+        "hello", "1. Hello world (13-byte body, 50 keep-alive connections)", HELLO, ALL_DIRECT
+    ),
     Scenario("flask", "2. Flask JSON endpoint (50 connections)", FLASK, ALL_DIRECT),
     Scenario("big_get", "3a. 1 MiB response body (8 connections)", BIG_GET, ALL_DIRECT),
-    Scenario("big_post", "3b. 10 MiB POST body, read whole, length answered (8 connections)",
-             BIG_POST, ALL_DIRECT),
-    Scenario("nginx_uwsgi", "4a. nginx uwsgi_pass (hello, 50 client connections)", HELLO,
-             ("drover", "uwsgi", "gunicorn"), front="nginx_uwsgi",
-             note="nginx (1 worker) runs on the client core with wrk; uwsgi_pass opens one "
-                  "upstream connection per request."),
-    Scenario("nginx_http", "4b. nginx proxy_pass (hello, 50 client connections)", HELLO,
-             ("drover", "granian", "gunicorn"), front="nginx_http",
-             note="nginx (1 worker) runs on the client core with wrk; upstream keepalive 64."),
-    Scenario("blocking", f"5. Blocking app ({SLEEP_SECONDS * 1000:.0f} ms sleep, {SLEEP_THREADS} threads, "
-             f"{SLEEPY.connections} connections)", SLEEPY,
-             ("drover", "gunicorn", "uwsgi", "granian", "waitress"), threads=SLEEP_THREADS,
-             note=f"Ideal: {SLEEP_THREADS} / {SLEEP_SECONDS} s = {SLEEP_THREADS / SLEEP_SECONDS:.0f} req/s."),
+    Scenario(
+        "big_post",
+        "3b. 10 MiB POST body, read whole, length answered (8 connections)",
+        BIG_POST,
+        ALL_DIRECT,
+    ),
+    Scenario(
+        "nginx_uwsgi",
+        "4a. nginx uwsgi_pass (hello, 50 client connections)",
+        HELLO,
+        ("drover", "uwsgi", "gunicorn"),
+        front="nginx_uwsgi",
+        note="nginx (1 worker) runs on the client core with wrk; uwsgi_pass opens one "
+        "upstream connection per request.",
+    ),
+    Scenario(
+        "nginx_http",
+        "4b. nginx proxy_pass (hello, 50 client connections)",
+        HELLO,
+        ("drover", "granian", "gunicorn"),
+        front="nginx_http",
+        note="nginx (1 worker) runs on the client core with wrk; upstream keepalive 64.",
+    ),
+    Scenario(
+        "blocking",
+        f"5. Blocking app ({SLEEP_SECONDS * 1000:.0f} ms sleep, {SLEEP_THREADS} threads, "
+        f"{SLEEPY.connections} connections)",
+        SLEEPY,
+        ("drover", "gunicorn", "uwsgi", "granian", "waitress"),
+        threads=SLEEP_THREADS,
+        note=f"Ideal: {SLEEP_THREADS} / {SLEEP_SECONDS} s = {IDEAL_BLOCKING_RPS:.0f} req/s.",
+    ),
     Scenario("c1000", "6. 1,000 concurrent keep-alive connections (hello)", HELLO_1000, ALL_DIRECT),
 )
 SCENARIO_KEYS = tuple(s.key for s in SCENARIOS)
@@ -375,25 +516,26 @@ _LIVE: dict[int, subprocess.Popen[bytes]] = {}
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left of it."""
     pgid = proc.pid  # started with start_new_session=True, so pid == pgid
-    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and group_alive(pgid):
-            if proc.poll() is None:
-                try:
-                    proc.wait(timeout=0.05)
-                except subprocess.TimeoutExpired:
-                    pass
-            else:
-                time.sleep(0.05)
-        if not group_alive(pgid):
+        if wait_group_gone(proc, STOP_TIMEOUT):
             break
-    if proc.poll() is None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=STOP_TIMEOUT)
     _LIVE.pop(proc.pid, None)
+
+
+def wait_group_gone(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader so that it does not linger as a zombie
+        if not group_alive(proc.pid):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def group_alive(pgid: int) -> bool:
@@ -424,7 +566,7 @@ def iter_proc_stats() -> Iterator[tuple[int, list[str]]]:
             raw = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        yield int(entry), raw[raw.rindex(")") + 2:].split()
+        yield int(entry), raw[raw.rindex(")") + 2 :].split()
 
 
 def proc_state(pid: int) -> str:
@@ -432,15 +574,13 @@ def proc_state(pid: int) -> str:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    return raw[raw.rindex(")") + 2:].split()[0]
+    return raw[raw.rindex(")") + 2 :].split()[0]
 
 
 def cleanup_all() -> None:
     for proc in list(_LIVE.values()):
-        try:
+        with contextlib.suppress(Exception):  # best effort at exit
             kill_group(proc)
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
 
 
 def pinned(core: str, cmd: Sequence[str], pin: bool) -> list[str]:
@@ -450,15 +590,26 @@ def pinned(core: str, cmd: Sequence[str], pin: bool) -> list[str]:
 class Process:
     """A long-running child (a server or nginx) in its own session, logging to a file."""
 
-    def __init__(self, name: str, cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path) -> None:
+    def __init__(
+        self, name: str, cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path
+    ) -> None:
         self.name = name
         self.cmd = cmd
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=env, cwd=cwd, start_new_session=True,
-        )
+        try:
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError:
+            self._log.close()
+            raise
         _LIVE[self.proc.pid] = self.proc
 
     @property
@@ -479,6 +630,13 @@ class Process:
             return "(no log)"
         tail = text.strip().splitlines()[-lines:]
         return "\n".join("    | " + line for line in tail) or "    | (empty log)"
+
+
+def read_tail(path: Path, chars: int) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
 
 
 # --------------------------------------------------------------------------- memory
@@ -537,9 +695,18 @@ def http_request(port: int, workload: Workload) -> tuple[int, bytes]:
 def uwsgi_request(port: int, workload: Workload) -> tuple[int, bytes]:
     """One request in the uwsgi binary protocol, as nginx's uwsgi_pass sends it."""
     variables = {
-        "REQUEST_METHOD": workload.method, "REQUEST_URI": "/", "PATH_INFO": "/", "QUERY_STRING": "",
-        "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": HOST, "SERVER_PORT": str(port),
-        "REMOTE_ADDR": HOST, "REMOTE_PORT": "1", "HTTP_HOST": f"{HOST}:{port}", "REQUEST_SCHEME": "http",
+        "REQUEST_METHOD": workload.method,
+        "REQUEST_URI": "/",
+        "PATH_INFO": "/",
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": HOST,
+        "SERVER_PORT": str(port),
+        "REMOTE_ADDR": HOST,
+        "REMOTE_PORT": "1",
+        "HTTP_HOST": f"{HOST}:{port}",
+        "REQUEST_SCHEME": "http",
+        "HTTP_CONNECTION": "close",  # as the nginx config sends it
     }
     if workload.body:
         variables["CONTENT_LENGTH"] = str(len(workload.body))
@@ -574,22 +741,18 @@ def check_once(port: int, workload: Workload, protocol: Protocol) -> str | None:
     return workload.check(body)
 
 
-def wait_answering(process: Process, port: int, workload: Workload, protocol: Protocol) -> str | None:
+def wait_answering(
+    process: Process, port: int, workload: Workload, protocol: Protocol
+) -> str | None:
     deadline = time.monotonic() + START_TIMEOUT
     error: str | None = "never tried"
     while time.monotonic() < deadline:
         if not process.alive():
             return f"exited with code {process.proc.returncode} before answering"
-        try:
-            socket.create_connection((HOST, port), timeout=1).close()
-        except OSError as exc:
-            error = f"not accepting connections ({exc})"
-            time.sleep(0.1)
-            continue
         error = check_once(port, workload, protocol)
         if error is None:
             return None
-        time.sleep(0.2)
+        time.sleep(0.1)
     return f"no correct answer within {START_TIMEOUT:.0f} s (last: {error})"
 
 
@@ -602,16 +765,33 @@ class WrkResult:
     requests: int
     p50_ms: float
     p99_ms: float
-    errors: int  # connect + read + write + timeouts
+    connect_errors: int
+    read_errors: int
+    write_errors: int
+    timeouts: int
     non_2xx: int  # wrk counts responses with status >= 400
+
+    @property
+    def errors(self) -> int:
+        return self.connect_errors + self.read_errors + self.write_errors + self.timeouts
 
 
 def run_wrk(url: str, workload: Workload, duration: float, pin: bool) -> WrkResult:
     seconds = max(1, round(duration))
-    cmd = pinned(CLIENT_CORE, [
-        "wrk", "-t1", f"-c{workload.connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT}",
-        "-s", str(LUA_DIR / workload.script), url,
-    ], pin)
+    cmd = pinned(
+        CLIENT_CORE,
+        [
+            "wrk",
+            "-t1",
+            f"-c{workload.connections}",
+            f"-d{seconds}s",
+            f"--timeout={WRK_TIMEOUT}",
+            "-s",
+            str(LUA_DIR / workload.script),
+            url,
+        ],
+        pin,
+    )
     env = {**os.environ, "BENCH_LUA_DIR": str(LUA_DIR)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + WRK_SLACK)
     for line in proc.stdout.splitlines():
@@ -619,14 +799,19 @@ def run_wrk(url: str, workload: Workload, duration: float, pin: bool) -> WrkResu
             data = json.loads(line.removeprefix("BENCH_JSON "))
             break
     else:
-        raise RuntimeError(f"wrk exited {proc.returncode} without a report: {(proc.stderr or proc.stdout)[-400:]}")
+        raise RuntimeError(
+            f"wrk exited {proc.returncode} without a report: {(proc.stderr or proc.stdout)[-400:]}"
+        )
     duration_s = data["duration_us"] / 1e6
     return WrkResult(
         rps=data["requests"] / duration_s if duration_s else 0.0,
         requests=int(data["requests"]),
         p50_ms=data["lat_p50_us"] / 1000,
         p99_ms=data["lat_p99_us"] / 1000,
-        errors=int(data["connect_errors"] + data["read_errors"] + data["write_errors"] + data["timeouts"]),
+        connect_errors=int(data["connect_errors"]),
+        read_errors=int(data["read_errors"]),
+        write_errors=int(data["write_errors"]),
+        timeouts=int(data["timeouts"]),
         non_2xx=int(data["non_2xx"]),
     )
 
@@ -647,7 +832,10 @@ UWSGI_PARAMS = """
             uwsgi_param REMOTE_ADDR $remote_addr;
             uwsgi_param REMOTE_PORT $remote_port;
             uwsgi_param SERVER_PORT $server_port;
-            uwsgi_param SERVER_NAME $server_name;"""
+            uwsgi_param SERVER_NAME $server_name;
+            # The uwsgi protocol has no response framing: the backend must close after each
+            # response.  Gunicorn keeps the connection open unless told, so tell every backend.
+            uwsgi_param HTTP_CONNECTION close;"""
 
 
 def nginx_binary() -> str | None:
@@ -701,7 +889,7 @@ http {{
     uwsgi_temp_path {temp}/uwsgi;
     fastcgi_temp_path {temp}/fastcgi;
     scgi_temp_path {temp}/scgi;
-{''.join(blocks)}
+{"".join(blocks)}
 }}
 """
 
@@ -724,7 +912,7 @@ class Outcome:
         return SERVERS[self.server].name
 
     def median(self, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in self.rounds)
+        return float(statistics.median(getattr(r, attr) for r in self.rounds))
 
     def total(self, attr: str) -> int:
         return sum(getattr(r, attr) for r in self.rounds)
@@ -787,7 +975,9 @@ class Runner:
                 process.stop()
         return ScenarioResult(scenario, outcomes, note)
 
-    def _start(self, scenario: Scenario, outcome: Outcome, live: dict[str, tuple[Process, int]]) -> None:
+    def _start(
+        self, scenario: Scenario, outcome: Outcome, live: dict[str, tuple[Process, int]]
+    ) -> None:
         server = SERVERS[outcome.server]
         reason = server.unavailable(scenario.protocol)
         if reason:
@@ -797,14 +987,24 @@ class Runner:
         port = free_port()
         launch = Launch(scenario.workload.app, port, scenario.threads, scenario.protocol)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **server.extra_env()}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(APPS_DIR), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(APPS_DIR), env.get("PYTHONPATH", "")) if p
+        )
         log_path = self.settings.workdir / f"{scenario.key}-{server.key}.log"
         cmd = pinned(SERVER_CORE, server.command(launch), self.settings.pin)
-        process = Process(server.name, cmd, log_path, env, APPS_DIR)
+        try:
+            process = Process(server.name, cmd, log_path, env, APPS_DIR)
+        except OSError as exc:
+            outcome.status, outcome.reason = "failed", f"could not run {cmd[0]}: {exc}"
+            log(f"  {server.name}: FAILED: {outcome.reason}")
+            return
         error = wait_answering(process, port, scenario.workload, scenario.protocol)
         if error:
             outcome.status, outcome.reason = "failed", f"did not start: {error}"
-            log(f"  {server.name}: FAILED to start: {error}\n    $ {' '.join(cmd)}\n{process.log_tail()}")
+            log(
+                f"  {server.name}: FAILED to start: {error}\n"
+                f"    $ {' '.join(cmd)}\n{process.log_tail()}"
+            )
             process.stop()
             return
         log(f"  {server.name}: up on port {port} (pid {process.pid})")
@@ -826,8 +1026,21 @@ class Runner:
         routes = [(key, free_port(), port) for key, (_p, port) in live.items()]
         conf = prefix / "nginx.conf"
         conf.write_text(nginx_config(prefix, scenario.front, routes))
-        cmd = pinned(CLIENT_CORE, [binary, "-p", str(prefix), "-e", str(prefix / "error.log"),
-                                   "-c", str(conf), "-g", "daemon off;"], self.settings.pin)
+        cmd = pinned(
+            CLIENT_CORE,
+            [
+                binary,
+                "-p",
+                str(prefix),
+                "-e",
+                str(prefix / "error.log"),
+                "-c",
+                str(conf),
+                "-g",
+                "daemon off;",
+            ],
+            self.settings.pin,
+        )
         nginx = Process("nginx", cmd, prefix / "stdout.log", dict(os.environ), prefix)
         # From now on wrk talks to nginx: swap each backend port for its nginx port.
         for key, listen, _backend in routes:
@@ -835,13 +1048,15 @@ class Runner:
             outcome = next(o for o in outcomes if o.server == key)
             error = wait_answering(nginx, listen, scenario.workload, "http")
             if error:
-                errlog = (prefix / "error.log").read_text(errors="replace")[-800:] if (prefix / "error.log").exists() else ""
+                errlog = read_tail(prefix / "error.log", 800)
                 outcome.status, outcome.reason = "failed", f"no answer through nginx: {error}"
                 log(f"  {outcome.name} via nginx: FAILED: {error}\n{nginx.log_tail()}\n{errlog}")
             live[key] = (process, listen)
         return nginx, ""
 
-    def _warm_up(self, scenario: Scenario, running: list[Outcome], live: dict[str, tuple[Process, int]]) -> None:
+    def _warm_up(
+        self, scenario: Scenario, running: list[Outcome], live: dict[str, tuple[Process, int]]
+    ) -> None:
         if self.settings.smoke or self.settings.warmup <= 0:
             return  # the start-up check request was the warm-up
         for outcome in running:
@@ -849,20 +1064,39 @@ class Runner:
                 continue
             _process, port = live[outcome.server]
             try:
-                run_wrk(f"http://{HOST}:{port}/", scenario.workload, self.settings.warmup, self.settings.pin)
+                run_wrk(
+                    f"http://{HOST}:{port}/",
+                    scenario.workload,
+                    self.settings.warmup,
+                    self.settings.pin,
+                )
             except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                 log(f"  {outcome.name}: warm-up problem: {exc}")
 
-    def _measure(self, scenario: Scenario, outcome: Outcome, live: dict[str, tuple[Process, int]], round_no: int) -> None:
+    def _measure(
+        self,
+        scenario: Scenario,
+        outcome: Outcome,
+        live: dict[str, tuple[Process, int]],
+        round_no: int,
+    ) -> None:
         process, port = live[outcome.server]
         try:
-            result = run_wrk(f"http://{HOST}:{port}/", scenario.workload, self.settings.duration, self.settings.pin)
+            result = run_wrk(
+                f"http://{HOST}:{port}/",
+                scenario.workload,
+                self.settings.duration,
+                self.settings.pin,
+            )
         except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
             outcome.status, outcome.reason = "failed", f"wrk failed in round {round_no}: {exc}"
             log(f"  {outcome.name}: FAILED: {outcome.reason}\n{process.log_tail()}")
             return
         if not process.alive():
-            outcome.status, outcome.reason = "failed", f"died during round {round_no} (exit {process.proc.returncode})"
+            outcome.status, outcome.reason = (
+                "failed",
+                f"died during round {round_no} (exit {process.proc.returncode})",
+            )
             log(f"  {outcome.name}: FAILED: {outcome.reason}\n{process.log_tail()}")
             return
         if result.requests == 0:
@@ -870,8 +1104,12 @@ class Runner:
             log(f"  {outcome.name}: FAILED: {outcome.reason}\n{process.log_tail()}")
             return
         outcome.rounds.append(result)
-        log(f"  round {round_no} {outcome.name:18} {result.rps:10.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  non-2xx {result.non_2xx}")
+        r = result
+        log(
+            f"  round {round_no} {outcome.name:18} {r.rps:10.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
+            f"p99 {r.p99_ms:7.2f} ms  errors {r.errors} (c{r.connect_errors} r{r.read_errors} "
+            f"w{r.write_errors} t{r.timeouts})  non-2xx {r.non_2xx}"
+        )
 
 
 # --------------------------------------------------------------------------- targets
@@ -884,66 +1122,109 @@ class TargetResult:
     verdict: Literal["PASS", "MISS", "N/A"]
 
 
-def ratio_target(results: dict[str, ScenarioResult], scenario: str, peer: str, minimum: float,
-                 label: str) -> TargetResult:
+def ratio_target(
+    results: dict[str, ScenarioResult], scenario: str, peer: str, minimum: float, label: str
+) -> TargetResult:
     res = results.get(scenario)
     drover = res.get("drover") if res else None
     other = res.get(peer) if res else None
     if res is None or drover is None or other is None:
-        missing = "scenario not run" if res is None else "Drover" if drover is None else SERVERS[peer].name
+        missing = (
+            "scenario not run"
+            if res is None
+            else "Drover"
+            if drover is None
+            else SERVERS[peer].name
+        )
         return TargetResult(label, f"not measured ({missing})", "N/A")
     ratio = drover.median("rps") / other.median("rps")
-    return TargetResult(label, f"{ratio:.2f}x ({drover.median('rps'):,.0f} vs {other.median('rps'):,.0f} req/s)",
-                        "PASS" if ratio >= minimum else "MISS")
+    return TargetResult(
+        label,
+        f"{ratio:.2f}x ({drover.median('rps'):,.0f} vs {other.median('rps'):,.0f} req/s)",
+        "PASS" if ratio >= minimum else "MISS",
+    )
 
 
 def evaluate_targets(results: dict[str, ScenarioResult]) -> list[TargetResult]:
     targets = [
         ratio_target(results, "hello", "granian", 1.3, "Hello world: Drover >= 1.3x Granian"),
         ratio_target(results, "hello", "bjoern", 0.7, "Hello world: Drover >= 0.7x bjoern"),
-        ratio_target(results, "hello", "gunicorn", 10.0, "Hello world: Drover >= 10x Gunicorn gthread"),
+        ratio_target(
+            results, "hello", "gunicorn", 10.0, "Hello world: Drover >= 10x Gunicorn gthread"
+        ),
         ratio_target(results, "flask", "granian", 1.1, "Flask: Drover >= 1.1x Granian"),
-        ratio_target(results, "nginx_uwsgi", "uwsgi", 1.0, "nginx uwsgi_pass: Drover >= 1.0x uWSGI"),
+        ratio_target(
+            results, "nginx_uwsgi", "uwsgi", 1.0, "nginx uwsgi_pass: Drover >= 1.0x uWSGI"
+        ),
     ]
 
-    ideal = SLEEP_THREADS / SLEEP_SECONDS
+    ideal = IDEAL_BLOCKING_RPS
     label = f"Blocking app: >= 90% of ideal {ideal:.0f} req/s"
     blocking = results["blocking"].get("drover") if "blocking" in results else None
     if blocking is None:
         targets.append(TargetResult(label, "not measured", "N/A"))
     else:
         share = blocking.median("rps") / ideal
-        targets.append(TargetResult(label, f"{blocking.median('rps'):,.0f} req/s = {share:.0%} of ideal",
-                                    "PASS" if share >= 0.9 else "MISS"))
+        targets.append(
+            TargetResult(
+                label,
+                f"{blocking.median('rps'):,.0f} req/s = {share:.0%} of ideal",
+                "PASS" if share >= 0.9 else "MISS",
+            )
+        )
 
     label = "1,000 connections: no errors, req/s >= 80% of the 50-connection figure"
     many = results["c1000"].get("drover") if "c1000" in results else None
     few = results["hello"].get("drover") if "hello" in results else None
     if many is None or few is None:
-        targets.append(TargetResult(label, "not measured (needs the hello and c1000 scenarios)", "N/A"))
+        targets.append(
+            TargetResult(label, "not measured (needs the hello and c1000 scenarios)", "N/A")
+        )
     else:
         errors = many.total("errors") + many.total("non_2xx")
         share = many.median("rps") / few.median("rps")
         verdict: Literal["PASS", "MISS"] = "PASS" if errors == 0 and share >= 0.8 else "MISS"
-        targets.append(TargetResult(label, f"{errors} errors, {share:.0%} of {few.median('rps'):,.0f} req/s", verdict))
+        targets.append(
+            TargetResult(
+                label, f"{errors} errors, {share:.0%} of {few.median('rps'):,.0f} req/s", verdict
+            )
+        )
 
     label = "Worker RSS <= Gunicorn's (every scenario with both)"
     pairs = []
     for key, res in results.items():
         d, g = res.get("drover"), res.get("gunicorn")
         if d and g and d.memory and g.memory:
-            pairs.append((d.memory.worker_kib / g.memory.worker_kib, key, d.memory.worker_kib, g.memory.worker_kib))
+            pairs.append(
+                (
+                    d.memory.worker_kib / g.memory.worker_kib,
+                    key,
+                    d.memory.worker_kib,
+                    g.memory.worker_kib,
+                )
+            )
     if not pairs:
         targets.append(TargetResult(label, "not measured", "N/A"))
     else:
         worst = max(pairs)
-        targets.append(TargetResult(
-            label, f"worst: {worst[2] / 1024:.1f} vs {worst[3] / 1024:.1f} MiB ({worst[1]})",
-            "PASS" if worst[0] <= 1.0 else "MISS"))
+        targets.append(
+            TargetResult(
+                label,
+                f"worst: {worst[2] / 1024:.1f} vs {worst[3] / 1024:.1f} MiB ({worst[1]})",
+                "PASS" if worst[0] <= 1.0 else "MISS",
+            )
+        )
     return targets
 
 
 # --------------------------------------------------------------------------- report
+
+
+def os_name() -> str:
+    try:
+        return platform.freedesktop_os_release().get("PRETTY_NAME", "unknown")
+    except OSError:
+        return "unknown"
 
 
 def machine_info() -> dict[str, str]:
@@ -966,7 +1247,7 @@ def machine_info() -> dict[str, str]:
         "CPU": cpu,
         "memory": mem,
         "kernel": platform.release(),
-        "OS": platform.freedesktop_os_release().get("PRETTY_NAME", "?") if hasattr(platform, "freedesktop_os_release") else "?",
+        "OS": os_name(),
         "Python": platform.python_version(),
     }
 
@@ -993,6 +1274,21 @@ def fmt_ratio(value: float, base: float | None) -> str:
     return f"{value / base:.2f}x" if base else "-"
 
 
+def fmt_errors(o: Outcome) -> str:
+    """Total errors, with their kinds when there are any."""
+    kinds = [
+        (short, o.total(attr))
+        for short, attr in (
+            ("connect", "connect_errors"),
+            ("read", "read_errors"),
+            ("write", "write_errors"),
+            ("timeout", "timeouts"),
+        )
+    ]
+    detail = ", ".join(f"{n} {short}" for short, n in kinds if n)
+    return f"{o.total('errors')} ({detail})" if detail else "0"
+
+
 def scenario_table(res: ScenarioResult) -> list[str]:
     drover = res.get("drover")
     base_rps = drover.median("rps") if drover else None
@@ -1014,31 +1310,52 @@ def scenario_table(res: ScenarioResult) -> list[str]:
         mem = o.memory
         rss = f"{mem.worker_kib / 1024:.1f} ({fmt_ratio(mem.worker_kib, base_rss)})" if mem else "-"
         total = f"{mem.total_kib / 1024:.1f}" if mem else "-"
-        lines.append(
-            f"| {name} | {rps:,.0f} | {fmt_ratio(rps, base_rps)} | {p50:.2f} ({fmt_ratio(p50, base_p50)}) "
-            f"| {p99:.2f} ({fmt_ratio(p99, base_p99)}) | {o.total('errors')} | {o.total('non_2xx')} | {rss} | {total} |"
-        )
+        cells = [
+            name,
+            f"{rps:,.0f}",
+            fmt_ratio(rps, base_rps),
+            f"{p50:.2f} ({fmt_ratio(p50, base_p50)})",
+            f"{p99:.2f} ({fmt_ratio(p99, base_p99)})",
+            fmt_errors(o),
+            str(o.total("non_2xx")),
+            rss,
+            total,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def write_markdown(path: Path, results: dict[str, ScenarioResult], targets: list[TargetResult],
-                   settings: Settings, started: dt.datetime, elapsed: float) -> None:
+METHOD = (
+    f"Method: one worker process per server, pinned to core {SERVER_CORE} with taskset; wrk "
+    f"(1 thread) pinned to core {CLIENT_CORE}, and nginx (1 worker) too in the nginx scenarios. "
+    "Rounds are interleaved (A B C A B C ...); the tables show the median of the rounds, errors "
+    "summed over all rounds. `x Drover` is the figure divided by Drover's from the same run. "
+    f"Errors are wrk's connect/read/write errors and timeouts ({WRK_TIMEOUT}); non-2xx is wrk's "
+    "count of responses with status >= 400 (every server's answer is also checked for status 200 "
+    "and the exact body before counting). Worker RSS is read from /proc after the last round: "
+    "the worker process (the largest child of a master), or the process itself for "
+    "single-process servers; the last column adds up the whole process tree."
+)
+
+
+def write_markdown(
+    path: Path,
+    results: dict[str, ScenarioResult],
+    targets: list[TargetResult],
+    settings: Settings,
+    started: dt.datetime,
+    elapsed: float,
+) -> None:
     mode = "smoke" if settings.smoke else "full"
+    warmup = "no" if settings.smoke else f"{settings.warmup:g} s"
     out = [
         "# Drover benchmark results",
         "",
         f"Generated by `bash bench/run.sh` on {started:%Y-%m-%d %H:%M} UTC ({mode} mode, "
         f"{settings.rounds} round(s) of {settings.duration:g} s per server, "
-        f"{'no' if settings.smoke else f'{settings.warmup:g} s'} warm-up, took {elapsed / 60:.1f} min).",
+        f"{warmup} warm-up, took {elapsed / 60:.1f} min).",
         "",
-        f"Method: one worker process per server, pinned to core {SERVER_CORE} with taskset; wrk (1 thread) "
-        f"pinned to core {CLIENT_CORE}, and nginx (1 worker) too in the nginx scenarios. Rounds are interleaved "
-        "(A B C A B C ...); the table shows the median of the rounds, errors summed over all rounds. "
-        "`x Drover` is the server's figure divided by Drover's from the same run. Errors are wrk's "
-        "connect/read/write errors and timeouts (" + WRK_TIMEOUT + "); non-2xx is wrk's count of responses "
-        "with status >= 400 (every server's answer is also checked for status 200 and the exact body before "
-        "counting). Worker RSS is read from /proc after the last round: the worker process (the largest child "
-        "for master/worker servers, the process itself for single-process ones).",
+        METHOD,
         "",
         "## Targets",
         "",
@@ -1053,12 +1370,12 @@ def write_markdown(path: Path, results: dict[str, ScenarioResult], targets: list
             out += [res.scenario.note, ""]
         if res.note:
             out += [res.note, ""]
-        out += scenario_table(res) + [""]
+        out += [*scenario_table(res), ""]
     out += ["## Machine", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in machine_info().items()]
     out += ["", "## Versions", "", "| component | version |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in versions().items()]
-    out += ["", "![req/s per scenario](results.png)" if path.parent == BENCH_DIR else "", ""]
+    out += ["", "![req/s per scenario](results.png)", ""]
     path.write_text("\n".join(out))
 
 
@@ -1068,6 +1385,7 @@ def write_chart(path: Path, results: dict[str, ScenarioResult]) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         shout("matplotlib is missing: no chart written")
         return False
@@ -1077,7 +1395,7 @@ def write_chart(path: Path, results: dict[str, ScenarioResult]) -> bool:
     cols = 2
     rows = (len(shown) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(12, 2.9 * rows), squeeze=False)
-    for ax, res in zip(axes.flat, shown):
+    for ax, res in zip(axes.flat, shown, strict=False):
         ok = [o for o in res.outcomes if o.status == "ok" and o.rounds]
         names = [o.name for o in ok]
         values = [o.median("rps") for o in ok]
@@ -1085,16 +1403,26 @@ def write_chart(path: Path, results: dict[str, ScenarioResult]) -> bool:
         bars = ax.barh(names, values, color=colours)
         ax.invert_yaxis()
         drover = res.get("drover")
-        for bar, value in zip(bars, values):
+        for bar, value in zip(bars, values, strict=True):
             label = f"{value:,.0f}" + (f"  ({value / drover.median('rps'):.2f}x)" if drover else "")
-            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + label, va="center", fontsize=8)
+            ax.text(
+                bar.get_width(),
+                bar.get_y() + bar.get_height() / 2,
+                " " + label,
+                va="center",
+                fontsize=8,
+            )
         ax.set_title(res.scenario.title, fontsize=9)
         ax.set_xlabel("req/s (median)", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.set_xlim(0, max(values) * 1.45 if values else 1)
-    for ax in list(axes.flat)[len(shown):]:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:,.0f}"))
+    for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
-    fig.suptitle("Drover vs peers: one worker on one core, wrk on the other (ratios are to Drover)", fontsize=11)
+    fig.suptitle(
+        "Drover vs peers: one worker on one core, wrk on the other (ratios are to Drover)",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -1106,8 +1434,10 @@ def write_json(path: Path, results: dict[str, ScenarioResult], targets: list[Tar
         "scenarios": {
             key: [
                 {
-                    "server": o.server, "status": o.status, "reason": o.reason,
-                    "rounds": [r.__dict__ for r in o.rounds],
+                    "server": o.server,
+                    "status": o.status,
+                    "reason": o.reason,
+                    "rounds": [dataclasses.asdict(r) for r in o.rounds],
                     "worker_rss_kib": o.memory.worker_kib if o.memory else None,
                     "total_rss_kib": o.memory.total_kib if o.memory else None,
                 }
@@ -1124,25 +1454,54 @@ def write_json(path: Path, results: dict[str, ScenarioResult], targets: list[Tar
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true",
-                        help="1 s per server and scenario, 1 round, no warm-up; results to a temp dir")
-    parser.add_argument("--duration", type=float, help="seconds per measurement (default 10, smoke 1)")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds per scenario (default 5, smoke 1)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per server (default 3)")
-    parser.add_argument("--only", action="append", default=[], metavar="SCENARIO",
-                        help=f"run only these scenarios (repeatable or comma-separated): {', '.join(SCENARIO_KEYS)}")
-    parser.add_argument("--servers", default=",".join(SERVERS),
-                        help=f"comma-separated subset of servers (default all: {','.join(SERVERS)})")
-    parser.add_argument("--out", type=Path, help="directory for RESULTS.md/results.png "
-                        "(default bench/, or a temp dir in smoke mode)")
-    parser.add_argument("--strict", action="store_true", help="treat an unavailable server as a failure")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset (not for real figures)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="1 s per server and scenario, 1 round, no warm-up; results to a temp dir",
+    )
+    parser.add_argument(
+        "--duration", type=float, help="seconds per measurement (default 10, smoke 1)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="interleaved rounds per scenario (default 5, smoke 1)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="warm-up seconds per server (default 3)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SCENARIO",
+        help="run only these scenarios (repeatable or comma-separated): "
+        + ", ".join(SCENARIO_KEYS),
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help=f"comma-separated subset of servers (default all: {','.join(SERVERS)})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="directory for RESULTS.md/results.png (default bench/, or a temp dir in smoke mode)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="treat an unavailable server as a failure"
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin with taskset (not for real figures)"
+    )
     args = parser.parse_args(argv)
     only = [k.strip() for item in args.only for k in item.split(",") if k.strip()]
     unknown = sorted(set(only) - set(SCENARIO_KEYS))
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIO_KEYS)}")
+        parser.error(
+            f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIO_KEYS)}"
+        )
     args.only = only
     servers = {k.strip() for k in args.servers.split(",") if k.strip()}
     if servers - set(SERVERS):
@@ -1166,7 +1525,9 @@ def main(argv: Sequence[str]) -> int:
     raise_fd_limit()
     pin = not args.no_pin
     if pin and ((os.cpu_count() or 1) < 2 or shutil.which("taskset") is None):
-        shout("fewer than 2 cores or no taskset: running WITHOUT pinning, figures are not comparable")
+        shout(
+            "fewer than 2 cores or no taskset: running WITHOUT pinning, figures are not comparable"
+        )
         pin = False
 
     workdir = Path(tempfile.mkdtemp(prefix="drover-bench-"))
@@ -1185,8 +1546,11 @@ def main(argv: Sequence[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 
-    log(f"logs in {workdir}; {settings.rounds} round(s) x {settings.duration:g} s, warm-up {settings.warmup:g} s")
-    started = dt.datetime.now(dt.timezone.utc)
+    log(
+        f"logs in {workdir}; {settings.rounds} round(s) x {settings.duration:g} s, "
+        f"warm-up {settings.warmup:g} s"
+    )
+    started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
     runner = Runner(settings)
     results: dict[str, ScenarioResult] = {}
@@ -1204,18 +1568,41 @@ def main(argv: Sequence[str]) -> int:
 
     print()
     print(md.read_text().split("## Machine")[0])
-    log(f"wrote {md}" + (f" and {out_dir / 'results.png'}" if chart else "") + f" in {elapsed:.0f} s")
+    log(
+        f"wrote {md}"
+        + (f" and {out_dir / 'results.png'}" if chart else "")
+        + f" in {elapsed:.0f} s"
+    )
 
-    failed = [(r.scenario.key, o) for r in results.values() for o in r.outcomes if o.status == "failed"]
-    unavailable = [(r.scenario.key, o) for r in results.values() for o in r.outcomes if o.status == "unavailable"]
+    failed = [
+        (r.scenario.key, o) for r in results.values() for o in r.outcomes if o.status == "failed"
+    ]
+    unavailable = [
+        (r.scenario.key, o)
+        for r in results.values()
+        for o in r.outcomes
+        if o.status == "unavailable"
+    ]
     if unavailable:
-        shout("NOT MEASURED (unavailable): " + "; ".join(f"{k}/{o.name}: {o.reason}" for k, o in unavailable))
+        shout(
+            "NOT MEASURED (unavailable): "
+            + "; ".join(f"{k}/{o.name}: {o.reason}" for k, o in unavailable)
+        )
     if failed:
         shout("FAILED: " + "; ".join(f"{k}/{o.name}: {o.reason}" for k, o in failed))
-    if failed or (args.strict and unavailable):
-        return 1
-    log("every available server started and answered")
-    return 0
+    if not failed:
+        log("every available server started and answered")
+    print_tally(results)
+    return 1 if failed or (args.strict and unavailable) else 0
+
+
+def print_tally(results: dict[str, ScenarioResult]) -> None:
+    """A closing line in the usual test-runner form, so that CI logs read at a glance."""
+    outcomes = [o for r in results.values() for o in r.outcomes]
+    passed = sum(o.status == "ok" for o in outcomes)
+    failed = sum(o.status == "failed" for o in outcomes)
+    skipped = sum(o.status == "unavailable" for o in outcomes)
+    print(f"bench: {passed} passed, {failed} failed, {skipped} skipped", flush=True)
 
 
 if __name__ == "__main__":

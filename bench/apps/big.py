@@ -26,7 +26,9 @@ def _read_all(environ: dict[str, Any]) -> int:
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     if environ["REQUEST_METHOD"] == "POST":
         body = str(_read_all(environ)).encode()
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        )
         return [body]
     start_response("200 OK", BIG_HEADERS)
     return [BIG]

@@ -6,7 +6,7 @@ Usage: python bjoern_run.py HOST PORT module:callable
 import importlib
 import sys
 
-import bjoern
+import bjoern  # type: ignore  # C extension without type information
 
 
 def main(argv: list[str]) -> int:
