@@ -361,3 +361,17 @@ def test_mount_without_a_root_app_answers_404_elsewhere(drover: DroverLauncher,
                     "--mount", "/api=mounts:make('api')", ready_path="/api/")
     assert get(server, "/api/x").text == "api|/api|/x"
     assert get(server, "/other").status_code == 404
+
+
+def test_access_log_writes_one_line_per_request(drover: DroverLauncher, tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "1", "--access-log", "--chdir", str(tmp_path), "pidapp")
+    requests.get(server.url + "/logged?x=1", timeout=10)
+    server.wait_for_log(r'127\.0\.0\.1 "GET /logged\?x=1 HTTP/1\.1" 200 \d+ [\d.]+ms')
+
+
+def test_no_access_log_by_default(drover: DroverLauncher, tmp_path: Path) -> None:
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "1", "--chdir", str(tmp_path), "pidapp")
+    requests.get(server.url + "/quiet", timeout=10)
+    assert '"GET /quiet' not in server.log()

@@ -1,0 +1,43 @@
+"""Render the settings table as Markdown: ``python -m drover.config.docs > docs/settings.md``.
+
+docs/settings.md is generated from the same table as the command line and the environment
+variables; a test keeps the committed file in step with the table.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from drover.config.settings import env_name, setting_infos
+
+
+def render() -> str:
+    lines = ["# Drover settings", "",
+             "Generated from `src/drover/config/settings.py` by "
+             "`python -m drover.config.docs`; do not edit by hand.", "",
+             "Every setting can be given on the command line or as an environment variable; "
+             "the command line wins over the environment, which wins over the default."]
+    topic = ""
+    for f, info in setting_infos():
+        if info.topic != topic:
+            topic = info.topic
+            lines += ["", f"## {topic}", "",
+                      "| option | environment | default | meaning |", "| --- | --- | --- | --- |"]
+        flags = ", ".join(f"`{flag}`" for flag in info.flags) or f"`{info.metavar}` (positional)"
+        if info.metavar and info.flags:
+            flags += f" `{info.metavar}`"
+        if info.multi:
+            flags += " (repeatable)"
+        if f.name == "workers":
+            shown = "number of CPU cores"
+        elif f.default in ((), "", None):
+            shown = "-"
+        else:
+            shown = f"`{f.default}`"
+        text = info.help.replace("|", "\\|")
+        lines.append(f"| {flags} | `{env_name(f.name)}` | {shown} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
