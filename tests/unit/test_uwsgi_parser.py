@@ -438,3 +438,39 @@ def test_complete_environ_fills_defaults_and_maps(given: dict[str, str],
     environ = dict(given)
     complete_environ(environ)
     assert environ == expected
+
+
+# -- chunked uploads ----------------------------------------------------------------------------
+
+
+def test_buffered_chunked_upload_uses_content_length_and_drops_transfer_encoding() -> None:
+    """nginx buffers a chunked upload and sends CONTENT_LENGTH, but still forwards the client's
+    Transfer-Encoding field; the body the app reads is no longer chunked."""
+    data = packet(*nginx(("REQUEST_METHOD", "POST"), ("CONTENT_LENGTH", "11"),
+                         ("HTTP_TRANSFER_ENCODING", "chunked")), body=b"hello world")
+    [got] = feed([data])
+    assert got.body == b"hello world"
+    assert got.environ["CONTENT_LENGTH"] == "11"
+    assert "HTTP_TRANSFER_ENCODING" not in got.environ
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 7])
+def test_streamed_chunked_upload_without_length_ends_with_the_input(pieces: int) -> None:
+    body = bytes(range(256)) * 40
+    head = packet(*nginx(("REQUEST_METHOD", "POST"), ("CONTENT_LENGTH", ""),
+                         ("HTTP_TRANSFER_ENCODING", "chunked")))
+    size = -(-len(body) // pieces)
+    parts = [head] + [body[i:i + size] for i in range(0, len(body), size)]
+    roomy = HttpLimits(body=1 << 20, spill=4096)  # also spills to a temporary file
+    assert feed(parts, limits=roomy) == []  # nothing before the end of input
+    [got] = feed(parts, limits=roomy, eof=True)
+    assert got.body == body
+    assert got.environ["CONTENT_LENGTH"] == str(len(body))
+    assert "HTTP_TRANSFER_ENCODING" not in got.environ
+
+
+def test_streamed_upload_over_the_body_limit_is_413() -> None:
+    head = packet(*nginx(("REQUEST_METHOD", "POST"), ("CONTENT_LENGTH", ""),
+                         ("HTTP_TRANSFER_ENCODING", "chunked")))
+    limits = HttpLimits(body=100)
+    assert feed([head, b"x" * 60, b"x" * 60], limits=limits, eof=True) == [Got("error", status=413)]

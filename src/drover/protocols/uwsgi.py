@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 A request is one packet: a 4-byte header (modifier1: u8, datasize: u16 little-endian,
 modifier2: u8), ``datasize`` bytes of vars (each key and value a u16-LE length then the bytes),
-then the body: CONTENT_LENGTH bytes. The answer is a plain HTTP response, and the connection
-carries one request: the response is delimited by closing it.
+then the body: CONTENT_LENGTH bytes, or, for a chunked upload streamed without CONTENT_LENGTH,
+everything up to the end of input (the peer half-closes). The answer is a plain HTTP response,
+and the connection carries one request: the response is delimited by closing it.
 
 ``UwsgiConnection`` has the same surface as ``http.HttpConnection``: ``receive_data()`` queues
 a ``Request`` or a ``ProtocolError`` on ``events``. Malformed packets (unsupported modifier1,
@@ -29,6 +30,7 @@ from drover.protocols.http import Event, HttpLimits, decode_path, split_target
 from drover.protocols.request import ProtocolError, Request
 
 HEADER_SIZE = 4
+UNTIL_EOF = -1  # body length of a streamed chunked upload: everything until the peer's EOF
 MODIFIER_WSGI = 0  # modifier1 0: a WSGI/HTTP request with vars (what nginx sends)
 
 # CGI variables PEP 3333 requires, with their defaults when the peer did not send them.
@@ -175,10 +177,13 @@ class UwsgiConnection:
         environ = self.seed.copy()
         environ.update(variables)
         length_text = environ.get("CONTENT_LENGTH", "")
+        coding = environ.pop("HTTP_TRANSFER_ENCODING", None)  # the body arrives de-chunked
         if length_text:
             if not (length_text.isascii() and length_text.isdigit()):
                 raise ProtocolError(400, "Invalid CONTENT_LENGTH")
             length = int(length_text)
+        elif coding is not None and "chunked" in coding.lower():
+            length = UNTIL_EOF  # a streamed upload of unknown length: it ends with the input
         else:
             length = 0
         if self._limits.body and length > self._limits.body:
@@ -192,6 +197,14 @@ class UwsgiConnection:
     def _receive_body(self, data: bytes) -> None:
         body = self._body
         if body is None or not data:
+            return
+        if self._left == UNTIL_EOF:
+            if self._limits.body and body.size + len(data) > self._limits.body:
+                body.discard()
+                self._body = None
+                self._fail(ProtocolError(413, "Request body too large"))
+                return
+            body.write(data)
             return
         if len(data) > self._left:
             data = data[:self._left]  # nothing may follow the body on a uwsgi connection
@@ -207,6 +220,8 @@ class UwsgiConnection:
         self.in_message = False
         body = self._body
         self._body = None
+        if body is not None:
+            environ["CONTENT_LENGTH"] = str(body.size)
         self.events.append(Request(environ, EMPTY_INPUT if body is None else body.finish(),
                                    False, False, environ["REQUEST_METHOD"] == "HEAD"))
 
@@ -216,5 +231,8 @@ class UwsgiConnection:
         self.events.append(error)
 
     def eof_received(self) -> None:
-        if self.in_message and not self.broken:
+        if self._left == UNTIL_EOF and self._body is not None and not self.broken:
+            self._left = 0
+            self._complete()
+        elif self.in_message and not self.broken:
             self._fail(ProtocolError(0, "uwsgi packet truncated"))
