@@ -131,21 +131,20 @@ def _check_status(status: Any) -> None:
 class Response:
     """start_response, write() and the framing of one response."""
 
-    __slots__ = ("_send", "chunked", "content_length", "head", "head_sent", "headers",
-                 "keep_alive", "chunked_ok", "remaining", "server_date", "status", "sent")
+    # Defaults on the class: one Response per request sets only what differs.
+    status: str | None = None
+    headers: list[str] = []  # never mutated: start_response assigns a new list
+    content_length: int | None = None
+    head_sent = False
+    chunked = False
+    remaining: int | None = None
+    sent = 0  # body bytes written (for the access log)
 
     def __init__(self, request: Request, server_date: str, send: WriteFn) -> None:
-        self.status: str | None = None
-        self.headers: list[str] = []  # "Name: value\r\n" lines kept by start_response
-        self.content_length: int | None = None
         self.keep_alive = request.keep_alive
         self.chunked_ok = request.chunked_ok
         self.head = request.head
         self.server_date = server_date  # "Server: ...\r\nDate: ...\r\n", refreshed each second
-        self.head_sent = False
-        self.chunked = False
-        self.remaining: int | None = None
-        self.sent = 0  # body bytes written (for the access log)
         self._send = send
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
