@@ -569,6 +569,25 @@ def iter_proc_stats() -> Iterator[tuple[int, list[str]]]:
         yield int(entry), raw[raw.rindex(")") + 2 :].split()
 
 
+def group_cpu_ticks(pgid: int) -> int:
+    """utime + stime of every process in the group (fields 14 and 15 of /proc/PID/stat)."""
+    return sum(int(stat[11]) + int(stat[12]) for _, stat in iter_proc_stats()
+               if stat[2] == str(pgid))
+
+
+def settle(pgid: int, quiet: float = 0.3, limit: float = 10.0) -> None:
+    """Wait until a server has stopped using CPU after its round (closing a thousand connections
+    can take a slow server seconds), so that it does not steal the core from the next one."""
+    deadline = time.monotonic() + limit
+    last = group_cpu_ticks(pgid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = group_cpu_ticks(pgid)
+        if now == last:
+            return
+        last = now
+
+
 def proc_state(pid: int) -> str:
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -1062,7 +1081,7 @@ class Runner:
         for outcome in running:
             if outcome.status != "ok":
                 continue
-            _process, port = live[outcome.server]
+            process, port = live[outcome.server]
             try:
                 run_wrk(
                     f"http://{HOST}:{port}/",
@@ -1072,6 +1091,7 @@ class Runner:
                 )
             except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                 log(f"  {outcome.name}: warm-up problem: {exc}")
+            settle(process.pid)
 
     def _measure(
         self,
@@ -1092,6 +1112,7 @@ class Runner:
             outcome.status, outcome.reason = "failed", f"wrk failed in round {round_no}: {exc}"
             log(f"  {outcome.name}: FAILED: {outcome.reason}\n{process.log_tail()}")
             return
+        settle(process.pid)
         if not process.alive():
             outcome.status, outcome.reason = (
                 "failed",

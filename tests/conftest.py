@@ -282,7 +282,7 @@ class Server:
 
     def connect(self, timeout: float = 10.0, address: str | None = None) -> socket.socket:
         """A connected socket to ``address`` (a logged address; default: the first HTTP one)."""
-        return _connect(address or self.address("http"), timeout)
+        return connect_to(address or self.address("http"), timeout)
 
     def raw(self, data: bytes, timeout: float = 10.0) -> bytes:
         """Send ``data`` on a new connection; return all bytes received until the server closes
@@ -313,7 +313,8 @@ class Server:
         return read_response(sock, head=head, timeout=timeout, buffer=buffer)
 
 
-def _connect(address: str, timeout: float) -> socket.socket:
+def connect_to(address: str, timeout: float) -> socket.socket:
+    """A socket connected to a logged address: ``unix:/path`` or ``scheme://host:port``."""
     if address.startswith("unix:"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -469,7 +470,7 @@ class DroverLauncher:
                 pytest.fail(f"drover exited with {server.proc.returncode} before serving:\n"
                             f"{server.log()}")
             try:
-                with _connect(address, left) as sock:
+                with connect_to(address, left) as sock:
                     sock.sendall(probe)
                     answer = b""
                     while b"\r\n" not in answer and (chunk := sock.recv(4096)):

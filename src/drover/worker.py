@@ -3,15 +3,20 @@
 Theory of operation
 -------------------
 The master forks a worker and calls ``run_worker`` in the child. The worker starts ``--threads``
-loop threads; each runs its own uvloop event loop with its own accepting servers on the
-inherited listening sockets, and calls the app *directly on its loop thread*: no thread hop per
-request. A blocking app blocks only its own thread's loop, while the other threads keep
-accepting and serving, so a worker serves up to ``--threads`` blocking requests at once.
+loop threads; each runs its own uvloop event loop and calls the app *directly on its loop
+thread*: no thread hop per request. A blocking app blocks only its own thread's loop while the
+others keep serving, so a worker serves up to ``--threads`` blocking requests at once.
 
-The worker's main thread does no request work: it waits for signals (TERM/INT: graceful stop,
-QUIT: immediate exit) and, once a second, writes a heartbeat byte to the master's pipe if every
-loop thread has ticked recently. A loop stuck past ``--timeout`` stops the heartbeat and the
-master replaces the worker.
+Accepting: with one thread (the default, for apps that never block) the loop accepts on the
+inherited listening sockets itself, in uvloop's C code. With several, the worker's main thread
+accepts and hands each connection to the least loaded loop (one hop per *connection*), so that
+simultaneous clients spread over the threads instead of piling onto whichever loop woke first.
+
+The worker's main thread does no request work: besides accepting (threads > 1) it waits for
+signals (TERM/INT: graceful stop, HUP: retire with keep-alive drain, QUIT: immediate exit) and,
+once a second, writes a heartbeat byte to the master's pipe if every loop thread has ticked
+recently. A loop stuck past ``--timeout`` stops the heartbeat and the master replaces the
+worker.
 
 Per connection (``Connection``): bytes go to the protocol's sans-I/O parser, which queues
 events. Events are handled strictly in order, one response at a time, so pipelined requests are

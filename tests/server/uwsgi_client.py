@@ -9,13 +9,14 @@ The builders here take raw bytes where a test needs to lie (wrong lengths, odd m
 from __future__ import annotations
 
 import json
-import re
 import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.conftest import connect_to
 
 VarItems = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 
@@ -67,15 +68,7 @@ def request_vars(method: str = "GET", uri: str = "/", *, host: str = "127.0.0.1"
 
 def connect(address: str, timeout: float = 10.0) -> socket.socket:
     """A socket connected to a logged Drover address: ``unix:/path`` or ``uwsgi://host:port``."""
-    if address.startswith("unix:"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(address[len("unix:"):])
-        return sock
-    match = re.fullmatch(r"(?:\w+://)?\[?([^\]]*?)\]?:(\d+)/?", address)
-    if not match:
-        raise ValueError(f"not a uwsgi address: {address!r}")
-    return socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout)
+    return connect_to(address, timeout)
 
 
 @dataclass
