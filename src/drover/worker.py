@@ -717,7 +717,9 @@ class Worker:
             conn.setblocking(False)
             if conn.family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            target = min(threads, key=lambda t: (t.in_app, t.assigned - t.released))
+            # Fewest connections first (a burst spreads evenly); among equals, one not inside
+            # the app right now.
+            target = min(threads, key=lambda t: (t.assigned - t.released, t.in_app))
             target.assigned += 1
             target.loop.call_soon_threadsafe(target.adopt, conn, listener)
 
