@@ -124,6 +124,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.write = self.transport.write
         self.transport.set_write_buffer_limits(HIGH_WATER)
         self.peer = transport.get_extra_info("peername")
         self.environ = connection_environ(self.base, transport.get_extra_info("sockname"),
@@ -226,7 +227,8 @@ class Connection(asyncio.Protocol):
             request.keep_alive = False
         environ = request.environ  # the connection's seed with this request's variables
         environ["wsgi.input"] = request.body
-        response = Response(request, lt.server_date, self.transport.write)
+        write = self.write
+        response = Response(request, lt.server_date, write)
         if lt.access_log:
             self.started = time.perf_counter()
         result = None
@@ -239,12 +241,12 @@ class Connection(asyncio.Protocol):
                 data = result[0]  # the common case: the whole body in one piece
                 head = response.head_bytes(len(data))
                 if response.remaining != len(data) or response.head:
-                    self.transport.write(head + response.frame(data) + response.end())
+                    write(head + response.frame(data) + response.end())
                 elif len(data) < COPY_LIMIT:
-                    self.transport.write(head + data)  # one send for head and body
+                    write(head + data)  # one send for head and body
                 else:  # no copy of a large body: the transport keeps a reference
-                    self.transport.write(head)
-                    self.transport.write(data)
+                    write(head)
+                    write(data)
                 self.done(request, response, None)
                 return
             if type(result) is FileWrapper and _SendfileJob.usable(result):

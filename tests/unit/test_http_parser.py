@@ -298,6 +298,8 @@ INVALID = [
     Invalid("http2_preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
     # Request line.
     Invalid("space_in_target", http("GET /a b HTTP/1.1", "Host: a"), 400),
+    Invalid("absolute_form_without_host", http("GET http:// HTTP/1.1", "Host: a"), 400),
+    Invalid("absolute_form_broken_ipv6", http("GET http://[::1 HTTP/1.1", "Host: a"), 400),
     Invalid("control_char_in_target", http("GET /\x01 HTTP/1.1", "Host: a"), 400),
     Invalid("non_ascii_byte_in_target", http("GET /\xe9 HTTP/1.1", "Host: a"), 400),
     Invalid("unknown_method", http("FOO / HTTP/1.1", "Host: a"), 400),

@@ -23,8 +23,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import httptools
-
 from drover.body import EMPTY_INPUT, BodyBuffer
 from drover.protocols.http import Event, HttpLimits, decode_path, split_target
 from drover.protocols.request import ProtocolError, Request
@@ -99,10 +97,7 @@ def complete_environ(environ: dict[str, str]) -> None:
             environ[key] = default
     if "PATH_INFO" not in environ:
         uri = environ.get("REQUEST_URI", "/").encode("latin-1")
-        try:
-            path, _ = split_target(uri)
-        except httptools.HttpParserInvalidURLError:
-            raise ProtocolError(400, "Invalid REQUEST_URI") from None
+        path, _ = split_target(uri)  # ProtocolError(400) for an unusable REQUEST_URI
         environ["PATH_INFO"] = decode_path(path)
     if "REQUEST_URI" not in environ:
         query = environ["QUERY_STRING"]
