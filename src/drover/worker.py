@@ -102,7 +102,6 @@ class Connection(asyncio.Protocol):
     reading_paused = False
     state = FRESH
     deadline = 0.0
-    served = 0
     # The response in progress (when busy).
     request: Request | None = None
     response: Response | None = None
@@ -320,7 +319,6 @@ class Connection(asyncio.Protocol):
 
     def done(self, request: Request, response: Response, result: Iterable[bytes] | None) -> None:
         """The response is written: release the request, then keep the connection or close."""
-        self.served += 1
         lt = self.lt
         if lt.access_log:
             self._log_access(request, response)
