@@ -34,7 +34,7 @@ import select
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from drover.config import Config
@@ -58,7 +58,6 @@ class WorkerProcess:
     last_beat: float
     booted: bool = False
     kill_at: float = 0.0  # set when told to stop: SIGKILL after this
-    buffer: bytes = field(default=b"", repr=False)
 
 
 class Master:
