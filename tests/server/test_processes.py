@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.conftest import REPO, DroverLauncher, Server
@@ -375,3 +377,24 @@ def test_no_access_log_by_default(drover: DroverLauncher, tmp_path: Path) -> Non
     server = drover("--workers", "1", "--chdir", str(tmp_path), "pidapp")
     requests.get(server.url + "/quiet", timeout=10)
     assert '"GET /quiet' not in server.log()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_several_http_addresses_including_ipv6(drover: DroverLauncher, tmp_path: Path) -> None:
+    if not _ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
+    write_app(tmp_path, "v6")
+    server = drover("--http", "[::1]:0", "--http", "127.0.0.1:0", "--workers", "1",
+                    "--chdir", str(tmp_path), "pidapp")
+    assert [a.split("://")[1].rsplit(":", 1)[0] for a in server.addresses] == ["[::1]",
+                                                                                "127.0.0.1"]
+    for address in server.addresses:
+        assert requests.get(address + "/", timeout=10).text.startswith("v6 ")
