@@ -17,9 +17,16 @@ it this module enforces what llhttp allows:
 - HTTP versions other than 1.0 and 1.1: 505 (section 2.6).
 - HTTP/1.1 without exactly one Host: 400 (section 3.2).
 - Transfer-Encoding on HTTP/1.0: 400 (section 6.1: the framing is faulty).
-- Transfer codings other than a single ``chunked``: 501 (section 6.1; we decode none).
+- A Transfer-Encoding whose last coding is not chunked: 400 (section 6.3); chunked after other
+  codings: 501 (we decode none but chunked).
 - Limits: request line (414), header count, field size and header block (431), body (413).
 - Expect other than 100-continue: 417 (RFC 9110 section 10.1.1).
+- Trailer fields are never merged into the environ (RFC 9110 section 6.5.1).
+- A method llhttp does not know: 400. It rejects them before any callback and httptools gives
+  no error offset, so an unknown method cannot be told from garbage the same way whatever the
+  TCP segmentation; one status regardless of how the bytes arrive.
+- Upgrade and CONNECT: llhttp stops after the head. Upgrade requests are served as plain ones
+  (their body read here) and the connection then closes; CONNECT is 501.
 - Header names containing ``_`` are dropped: they would collide with ``-`` once mapped to CGI
   names, so a client could forge a header a proxy set (e.g. X-Forwarded-For as X_Forwarded_For).
 - Repeated fields are joined with ", " (RFC 9110 section 5.3), Cookie with "; " (RFC 6265
