@@ -34,6 +34,7 @@ their deadline (header, body/write progress, or keep-alive idle).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import os
@@ -109,6 +110,7 @@ class Connection(asyncio.Protocol):
     iterator: Iterator[bytes] | None = None
     started = 0.0
     sendfile_job: _SendfileJob | None = None
+    waiting_turn = False  # queued on the loop's run queue (threads > 1)
 
     def __init__(self, loop_thread: LoopThread, environ: dict[str, Any]) -> None:
         self.lt = loop_thread
@@ -140,7 +142,10 @@ class Connection(asyncio.Protocol):
         parser.receive_data(data)
         if not self.busy:
             if parser.events:
-                self.process()  # also sets the keep-alive deadline when the connection idles
+                if self.lt.take_turns:
+                    self.lt.queue_turn(self)
+                else:
+                    self.process()  # also sets the keep-alive deadline when it idles
             if parser.in_message and not self.closed and not self.busy:
                 lt = self.lt
                 if not parser.in_head:  # receiving a body: progress extends the deadline
@@ -518,6 +523,14 @@ class LoopThread:
         self.assigned = 0  # connections handed to this loop (written by the main thread)
         self.released = 0  # of those, closed (written by this loop)
         self.in_app = False  # inside a call to the app (read by the main thread)
+        # Blocking apps (threads > 1): requests are served from a run queue in the order they
+        # were read, one per pass of the loop, so the loop polls between two blocking calls and
+        # a request that arrived meanwhile lines up behind those already waiting. Served at once
+        # from each poll instead, the connection served last always just missed the next poll
+        # and waited twice as long as the others (p99 1.75x the median at 16 threads).
+        self.take_turns = worker.config.threads > 1
+        self.run_queue: collections.deque[Connection] = collections.deque()
+        self.turns_scheduled = False
         self.last_tick = time.monotonic()  # read by the worker's main thread
         self.server_date = ""
         self._refresh_date()
@@ -561,6 +574,28 @@ class LoopThread:
             server = await self.loop.create_server(factory, sock=listener.sock.dup(),
                                                    backlog=self.config.backlog)
             self.servers.append(server)
+
+    def queue_turn(self, conn: Connection) -> None:
+        """Serve ``conn``'s requests after everything this pass of the loop has read."""
+        if not conn.waiting_turn:
+            conn.waiting_turn = True
+            self.run_queue.append(conn)
+            if not self.turns_scheduled:
+                self.turns_scheduled = True
+                self.loop.call_soon(self._take_turns)
+
+    def _take_turns(self) -> None:
+        """Serve the connection that waited longest, then let the loop poll before the next
+        one, so that requests that arrived meanwhile queue up behind those already waiting."""
+        queue = self.run_queue
+        conn = queue.popleft()
+        conn.waiting_turn = False
+        if not conn.closed and not conn.busy:
+            conn.process()
+        if queue:
+            self.loop.call_soon(self._take_turns)
+        else:
+            self.turns_scheduled = False
 
     def adopt(self, conn: socket.socket, listener: Listener) -> None:
         """Take a connection the main thread accepted (threads > 1)."""
