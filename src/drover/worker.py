@@ -74,6 +74,8 @@ HIGH_WATER = 256 * 1024  # transport buffer size that pauses the app's body iter
 COPY_LIMIT = 64 * 1024  # bodies below this are joined to the head for a single send
 MAX_QUEUED_EVENTS = 32  # pipelined requests parsed ahead before reading pauses
 
+NEVER = float("inf")
+
 # What a connection is waiting for, which decides its deadline.
 FRESH, IDLE, READING, WRITING = range(4)
 
@@ -579,6 +581,7 @@ class LoopThread:
         """Serve ``conn``'s requests after everything this pass of the loop has read."""
         if not conn.waiting_turn:
             conn.waiting_turn = True
+            conn.deadline = NEVER  # the server is busy, not the client: no timeout while queued
             self.run_queue.append(conn)
             if not self.turns_scheduled:
                 self.turns_scheduled = True
