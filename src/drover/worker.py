@@ -94,8 +94,6 @@ def http_date(timestamp: float) -> str:
 class Connection(asyncio.Protocol):
     """One client connection on one loop thread (HTTP; the uwsgi handler subclasses it)."""
 
-    protocol_name = "http"
-
     # Per-connection state. Defaults live on the class, so a new connection (one per request
     # behind nginx's uwsgi_pass) sets only what differs.
     transport: asyncio.Transport
@@ -389,8 +387,6 @@ class Connection(asyncio.Protocol):
 
 class UwsgiHandler(Connection):
     """A uwsgi connection: one request from nginx (or another uwsgi client), then close."""
-
-    protocol_name = "uwsgi"
 
     def make_parser(self) -> UwsgiConnection:  # type: ignore[override]
         return UwsgiConnection(self.lt.worker.limits, self.lt.config.buffer_size)
