@@ -10,6 +10,7 @@ wrapped in ``wsgiref.validate.validator``, which raises ``AssertionError`` (or e
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
@@ -403,6 +404,46 @@ def exc_info_app(environ: Environ, start_response: StartResponse) -> Iterable[by
         yield b"start_response with exc_info did not re-raise after output\n"
 
     return chunks()
+
+
+def sized_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """Answers ``bytes`` bytes of ``pattern()`` as a one-piece list, with Content-Length."""
+    body = pattern(int_arg(query(environ), "bytes", 1024))
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+_CONTEXT = contextvars.ContextVar("probe_context", default="unset")
+_CLOSE_SAW: list[str] = []
+
+
+class _ContextBody:
+    """Yields what the request's context variable holds at each step; close() records it."""
+
+    def __init__(self, start: str, closed_before: str, n: int, size: int) -> None:
+        self.head = f"start={start} close-before={closed_before}\n".encode()
+        self.n, self.size = n, size
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.head
+        for _ in range(self.n):
+            yield f"{_CONTEXT.get()}:".encode().ljust(self.size, b".") + b"\n"
+
+    def close(self) -> None:
+        _CLOSE_SAW.append(_CONTEXT.get())
+
+
+def context_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Sets a context variable to ``tag``; its body shows the variable in every step, and the
+    first line shows its value when the app was called (``unset``: a fresh context) and what
+    the previous response's close() saw."""
+    q = query(environ)
+    start = _CONTEXT.get()
+    _CONTEXT.set(q.get("tag", "tag"))
+    closed_before = _CLOSE_SAW[-1] if _CLOSE_SAW else "none"
+    start_response("200 OK", text_headers())
+    return _ContextBody(start, closed_before, int_arg(q, "n", 3), int_arg(q, "size", 16))
 
 
 validated_hello_app = validator(hello_app)

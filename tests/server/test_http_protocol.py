@@ -8,6 +8,7 @@ Servers are module-scoped where the test does not depend on fresh state.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -81,6 +82,16 @@ def bad_header_server(drover_module: DroverLauncher) -> Server:
 @pytest.fixture(scope="module")
 def write_server(drover_module: DroverLauncher) -> Server:
     return drover_module.app("probe:write_app", *W1)
+
+
+@pytest.fixture(scope="module")
+def sized_server(drover_module: DroverLauncher) -> Server:
+    return drover_module.app("probe:sized_app", *W1)
+
+
+@pytest.fixture(scope="module")
+def context_server(drover_module: DroverLauncher) -> Server:
+    return drover_module.app("probe:context_app", *W1)
 
 
 @pytest.fixture(scope="module")
@@ -634,6 +645,60 @@ def test_slow_reader_of_a_1gib_response_does_not_grow_worker_memory(big_server: 
         peak = max(peak, rss_bytes(pid))
     assert peak - before < 16 * 1024 * 1024, f"worker RSS grew by {(peak - before) >> 20} MiB"
     assert served(big_server)
+
+
+def test_client_pipelining_without_reading_gets_no_more_answers_than_fit(
+        sized_server: Server) -> None:
+    """Thousands of pipelined requests for 32 KiB answers, never read: serving stops when the
+    connection's buffer is full and the rest wait unparsed, so the worker does not hold
+    gigabytes of answers (nor an environ per waiting request) for one client."""
+    pid = worker_pids(sized_server)[-1]
+    sized_server.request("GET", "/?bytes=100")  # warm up the code paths first
+    before = rss_bytes(pid)
+    request = get("/?bytes=32768")
+    batch = request * 2000
+    sent = 0
+    with sized_server.connect(10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.settimeout(1.0)
+        with contextlib.suppress(TimeoutError):
+            for _ in range(50):  # 100,000 requests at most: 3 GiB of answers
+                sock.sendall(batch)
+                sent += 2000
+        time.sleep(0.5)
+        grown = rss_bytes(pid) - before
+        assert served(sized_server)  # other clients are served meanwhile
+        # The client reads now: every answer comes, in order, on the same connection.
+        sock.settimeout(10)
+        for i, response in enumerate(read_responses(sock, 200, timeout=10)):
+            assert response.status == 200 and len(response.body) == 32768, i
+    assert grown < 32 * 1024 * 1024, f"worker RSS grew by {grown >> 20} MiB for one client"
+    assert sent < 100_000, "the server never stopped reading"
+
+
+def test_context_variables_follow_each_request_through_its_body_and_close(
+        context_server: Server) -> None:
+    """Each request runs in a fresh context, entered for the app call, every step of its body
+    (the first step and the rest run from different loop callbacks, and a large body resumes
+    after the client drained it) and close()."""
+    with context_server.connect(10) as sock:
+        sock.sendall(get("/?tag=one&n=3"))
+        first = read_response(sock, timeout=5)
+        sock.sendall(get("/?tag=two&n=2") + get(f"/?tag=three&n=40&size={64 * 1024}")
+                     + get("/?tag=four&n=1"))
+        time.sleep(0.3)  # the big one stalls on the full socket buffer, then resumes
+        second, third, fourth = read_responses(sock, 3, timeout=10)
+    head, *rest = first.body.decode().splitlines()
+    assert head.startswith("start=unset close-before=")  # whatever ran before this test
+    assert rest == ["one:" + "." * 12] * 3
+    assert second.body.decode().splitlines() == [
+        "start=unset close-before=one", "two:" + "." * 12, "two:" + "." * 12]
+    lines = third.body.split(b"\n")
+    assert lines[0] == b"start=unset close-before=two"
+    assert len(lines) == 42 and lines[-1] == b""
+    assert all(line == b"three:".ljust(64 * 1024, b".") for line in lines[1:-1])
+    assert fourth.body.decode().splitlines() == [
+        "start=unset close-before=three", "four:" + "." * 11]
 
 
 def test_large_request_body_is_received_whole(echo_server: Server) -> None:
