@@ -75,7 +75,7 @@ ensure_venv() {
         log "installed Drover from $REPO_DIR (editable)"
     else
         log "no installable Drover in $REPO_DIR: using PYTHONPATH=$REPO_DIR/src with its dependencies"
-        timeout "$PIP_TIMEOUT" "${pip[@]}" httptools uvloop setproctitle || failed+=(drover-deps)
+        timeout "$PIP_TIMEOUT" "${pip[@]}" httptools setproctitle || failed+=(drover-deps)
     fi
 
     if [ ${#failed[@]} -eq 0 ]; then

@@ -3,12 +3,12 @@
 Theory of operation
 -------------------
 The master forks a worker and calls ``run_worker`` in the child. The worker starts ``--threads``
-loop threads; each runs its own uvloop event loop and calls the app *directly on its loop
+loop threads; each runs its own event loop (``drover.loop``) and calls the app *directly on its loop
 thread*: no thread hop per request. A blocking app blocks only its own thread's loop while the
 others keep serving, so a worker serves up to ``--threads`` blocking requests at once.
 
 Accepting: with one thread (the default, for apps that never block) the loop accepts on the
-inherited listening sockets itself, in uvloop's C code. With several, the worker's main thread
+inherited listening sockets itself. With several, the worker's main thread
 accepts and hands each connection to the least loaded loop (one hop per *connection*), so that
 simultaneous clients spread over the threads instead of piling onto whichever loop woke first.
 
@@ -33,7 +33,6 @@ their deadline (header, body/write progress, or keep-alive idle).
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import contextvars
@@ -49,11 +48,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
-import uvloop
-
 from drover.body import EMPTY_INPUT
 from drover.config import Config
 from drover.logs import access, log
+from drover.loop import Loop, Server, Transport, adopt_socket
 from drover.protocols.http import HttpConnection, HttpLimits, error_response
 from drover.protocols.request import ContinueRequest, ProtocolError, Request
 from drover.protocols.uwsgi import UwsgiConnection
@@ -97,12 +95,12 @@ def http_date(timestamp: float) -> str:
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
-class Connection(asyncio.Protocol):
+class Connection:
     """One client connection on one loop thread (HTTP; the uwsgi handler subclasses it)."""
 
     # Per-connection state. Defaults live on the class, so a new connection (one per request
     # behind nginx's uwsgi_pass) sets only what differs.
-    transport: asyncio.Transport
+    transport: Transport
     closed = False
     busy = False  # a response is being streamed
     write_paused = False
@@ -133,10 +131,10 @@ class Connection(asyncio.Protocol):
     def make_parser(self) -> HttpConnection:
         return HttpConnection(self.lt.worker.limits)
 
-    # -- asyncio callbacks (loop thread) -----------------------------------------------------
+    # -- transport callbacks (loop thread) ---------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
         self.transport.set_write_buffer_limits(HIGH_WATER)
         self.peer = transport.get_extra_info("peername")
         self.environ = connection_environ(self.base, transport.get_extra_info("sockname"),
@@ -320,7 +318,7 @@ class Connection(asyncio.Protocol):
                 self.sendfile_job.start()
                 return
             self._begin_response(request, response, result)
-            self.iterator = iter(result)
+            self.iterator = ctx.run(iter, result)
         except Exception as exc:
             lt.in_app = False
             self.app_failed(request, response, result, exc)
@@ -495,8 +493,8 @@ class Connection(asyncio.Protocol):
             if self.state == READING and self.parser.in_head and not self.busy:
                 self.send(error_response(408, "Request timeout", self.lt.server_date))
         self.close()
-        if self.busy:
-            self.transport.abort()
+        if self.busy or self.transport.get_write_buffer_size():
+            self.transport.abort()  # a client that does not read would hold it forever
 
 
 class UwsgiHandler(Connection):
@@ -505,7 +503,7 @@ class UwsgiHandler(Connection):
     def make_parser(self) -> UwsgiConnection:  # type: ignore[override]
         return UwsgiConnection(self.lt.worker.limits, self.lt.config.buffer_size)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: Transport) -> None:
         super().connection_made(transport)
         peer = self.peer
         # The protocol has no authentication: over TCP only listed peers may speak it.
@@ -611,9 +609,9 @@ class LoopThread:
         self.config = worker.config
         self.app = worker.app
         self.index = index
-        self.loop = uvloop.new_event_loop()
+        self.loop = Loop()
         self.connections: set[Connection] = set()
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[Server] = []
         self.accepting = True
         self.running = False  # run_forever has started
         self.stopping = False
@@ -626,12 +624,15 @@ class LoopThread:
         self.header_timeout = worker.config.header_timeout
         self.io_timeout = worker.config.io_timeout
         self.keepalive_timeout = worker.config.keepalive_timeout
-        # Accepting: with one thread, uvloop's server accepts in C on this loop. With several,
-        # the worker's main thread accepts and hands each connection to the least loaded loop
-        # (``adopt``): left to themselves, loops race for the GIL and one of them accepts a
-        # whole burst (libuv drains the backlog), serialising blocking requests behind each
-        # other while other threads idle.
+        # Accepting: with one thread, this loop accepts on the listening sockets itself. With
+        # several, the worker's main thread accepts and hands each connection to the least
+        # loaded loop (``adopt``): left to themselves, loops race for the GIL and one of them
+        # accepts a whole burst, serialising blocking requests behind each other while other
+        # threads idle.
         self.accepts_itself = worker.config.threads == 1
+        if self.accepts_itself:
+            self.servers = [Server(self.loop, listener.sock, worker.factory_for(self, listener))
+                            for listener in worker.listeners]
         self.assigned = 0  # connections handed to this loop (written by the main thread)
         self.released = 0  # of those, closed (written by this loop)
         self.in_app = False  # inside a call to the app (read by the main thread)
@@ -659,15 +660,9 @@ class LoopThread:
         self.server_date = f"Server: drover\r\nDate: {http_date(time.time())}\r\n"
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
         try:
-            self.loop.run_until_complete(self._listen())
+            self._listen()
             self.loop.call_later(1.0, self._tick)
-            # The app is synchronous code called from loop callbacks. Hide the running loop
-            # from it: libraries refuse blocking work in a thread with a running event loop
-            # (Django's ORM raises SynchronousOnlyOperation). Drover's own code on this thread
-            # never asks for the running loop; it holds its loop.
-            self.loop.call_soon(asyncio.events._set_running_loop, None)
             self.loop.call_soon(self._started)
             self.loop.run_forever()
         except Exception:
@@ -675,7 +670,7 @@ class LoopThread:
         finally:
             for conn in list(self.connections):
                 conn.transport.abort()
-            self.loop.run_until_complete(asyncio.sleep(0))
+            self.loop.run_ready()  # connection_lost for each: the app's close() is owed
             self.loop.close()
             self.worker.wake()  # the main thread notices the stop at once
 
@@ -685,14 +680,9 @@ class LoopThread:
             self.stopping = False
             self.begin_stop(self.stop_drain)
 
-    async def _listen(self) -> None:
-        if not self.accepts_itself:
-            return
-        for listener in self.worker.listeners:
-            factory = self.worker.factory_for(self, listener)
-            server = await self.loop.create_server(factory, sock=listener.sock.dup(),
-                                                   backlog=self.config.backlog)
-            self.servers.append(server)
+    def _listen(self) -> None:
+        for server in self.servers:
+            server.start()
 
     def queue_turn(self, conn: Connection) -> None:
         """Serve ``conn``'s requests after everything this pass of the loop has read."""
@@ -736,8 +726,13 @@ class LoopThread:
         deferred = self.deferred
         self.deferred = []
         for conn in deferred:
-            if conn.out is not None:
-                conn.flush_out()
+            out = conn.out
+            if out is not None:  # Connection.flush_out, inlined: once per answer
+                conn.out = None
+                transport = conn.transport
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+                if conn.closed:
+                    transport.close()  # close() waited for this
 
     def schedule_flush(self) -> None:
         if not self.flush_scheduled:
@@ -769,13 +764,11 @@ class LoopThread:
             conn.close()
             self.released += 1
             return
-        factory = self.worker.factory_for(self, listener)
-        self.loop.create_task(self.loop.connect_accepted_socket(factory, conn))
+        adopt_socket(self.loop, conn, self.worker.factory_for(self, listener))
 
     def _unlisten(self) -> None:
         for server in self.servers:
-            server.close()
-        self.servers.clear()
+            server.stop()
 
     def _tick(self) -> None:
         self.now = now = self.loop.time()
@@ -806,7 +799,7 @@ class LoopThread:
                 self.loop.stop()
         elif not self.accepting and len(self.connections) < self.config.max_connections * 0.9:
             self.accepting = True
-            self.loop.create_task(self._listen())
+            self._listen()
 
     def begin_stop(self, drain: bool) -> None:
         """Graceful stop: accept no more, finish the responses in flight.

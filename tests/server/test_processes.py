@@ -369,7 +369,10 @@ def test_access_log_writes_one_line_per_request(drover: DroverLauncher, tmp_path
     write_app(tmp_path, "v1")
     server = drover("--workers", "1", "--access-log", "--chdir", str(tmp_path), "pidapp")
     requests.get(server.url + "/logged?x=1", timeout=10)
+    body = requests.get(server.url + "/logged?x=2", timeout=10).content
     server.wait_for_log(r'127\.0\.0\.1 "GET /logged\?x=1 HTTP/1\.1" 200 \d+ [\d.]+ms')
+    # The byte count is the body's, for the one-piece fast path too.
+    server.wait_for_log(rf'"GET /logged\?x=2 HTTP/1\.1" 200 {len(body)} [\d.]+ms')
 
 
 def test_no_access_log_by_default(drover: DroverLauncher, tmp_path: Path) -> None:
@@ -398,3 +401,21 @@ def test_several_http_addresses_including_ipv6(drover: DroverLauncher, tmp_path:
                                                                                 "127.0.0.1"]
     for address in server.addresses:
         assert requests.get(address + "/", timeout=10).text.startswith("v6 ")
+
+
+FOOTPRINT_APP = """
+import sys
+HEAVY = ("asyncio", "ssl", "uvloop", "email", "tempfile")
+def application(environ, start_response):
+    body = " ".join(name for name in HEAVY if name in sys.modules).encode() or b"none"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_worker_loads_no_heavy_modules_of_its_own(drover: DroverLauncher, tmp_path: Path) -> None:
+    """Worker memory: a worker serving an app that imports nothing has not loaded asyncio,
+    ssl (OpenSSL maps megabytes), email, nor tempfile (until a body spills)."""
+    (tmp_path / "footprint.py").write_text(FOOTPRINT_APP)
+    server = drover("--workers", "1", "--chdir", str(tmp_path), "footprint")
+    assert get(server).text == "none"
