@@ -370,36 +370,22 @@ class Transport:
     # -- events -----------------------------------------------------------------------------
 
     def _on_events(self, events: int) -> None:
-        if events == EPOLLIN:  # the usual case first
-            try:
-                data = self._recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._fatal(exc)
-                return
-            if data:
-                self._data_received(data)
-            else:
-                self._eof()
+        if events != EPOLLIN:  # the usual case is just something to read
+            if events & EPOLLOUT or (self._buffered and not events & EPOLLIN):
+                self._write_ready()  # also when only an error or hang-up is reported
+            if not self._reading:
+                return  # (epoll has this socket only while it wants reading or writing)
+        try:
+            data = self._recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
             return
-        if events & EPOLLOUT or (self._buffered and not events & EPOLLIN):
-            self._write_ready()  # also when only an error or hang-up is reported
-        if self._reading:
-            try:
-                data = self._recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._fatal(exc)
-                return
-            if data:
-                self._data_received(data)
-            else:
-                self._eof()
-        elif not self._mask and not self._lost:
-            # A hang-up or error reported while nothing is wanted (the fd is being removed).
-            self._want(0)
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        if data:
+            self._data_received(data)
+        else:
+            self._eof()
 
     def _eof(self) -> None:
         self._reading = False
