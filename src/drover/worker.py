@@ -79,6 +79,7 @@ FEED_SLICE = 16 * 1024  # a larger read is parsed in slices of this size (Connec
 NEVER = float("inf")
 _END = object()  # next()'s default: the app's iterable is exhausted
 _monotonic = time.monotonic
+_Context = contextvars.Context
 
 # What a connection is waiting for, which decides its deadline.
 FRESH, IDLE, READING, WRITING = range(4)
@@ -292,7 +293,7 @@ class Connection:
         # Each request runs in a context of its own, entered for every call into the app (the
         # call, each step of its iterable, close()), so that context variables set in one
         # step are there in the next even when that runs from another loop callback.
-        ctx = self.ctx = contextvars.Context()
+        ctx = self.ctx = _Context()
         lt.in_app = True
         try:
             result = ctx.run(lt.app, environ, response.start_response)
@@ -301,16 +302,32 @@ class Connection:
                     and not response.head_sent):
                 data = result[0]  # the common case: the whole body in one piece
                 head = response.head_bytes(len(data))
-                if len(data) < COPY_LIMIT:  # head and body in one send, at the end of the pass
-                    if response.remaining != len(data) or response.head:
-                        self.defer(head + response.frame(data) + response.end())
-                    else:
-                        response.sent = len(data)
-                        self.defer(head + data)
-                else:  # no copy of a large body: the transport keeps a reference
+                if len(data) >= COPY_LIMIT:  # no copy of a large body: the transport keeps it
                     self.send(head)
                     self.transport.write(response.frame(data) + response.end())
-                self.done(request, response, None)
+                elif response.remaining != len(data) or response.head:
+                    self.defer(head + response.frame(data) + response.end())
+                else:  # head and body in one send at the end of the pass (defer, inlined)
+                    response.sent = len(data)
+                    out = self.out
+                    if out is None:
+                        self.out = [head + data]
+                        self.out_size = len(head) + len(data)
+                        if not lt.deferred:
+                            lt.deferred_since = now
+                            lt.schedule_flush()
+                        lt.deferred.append(self)
+                    else:
+                        self.defer(head + data)
+                if lt.access_log or request.body is not EMPTY_INPUT:
+                    self.done(request, response, None)
+                    return
+                worker = lt.worker  # done(), inlined for the usual case
+                worker.served += 1
+                if worker.served == worker.max_requests:
+                    worker.recycle()
+                if not response.keep_alive or lt.stopping:
+                    self.close()
                 return
             if type(result) is FileWrapper and _SendfileJob.usable(result):
                 self._begin_response(request, response, result)

@@ -94,7 +94,9 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 section 5.6.2
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (section 5.5)
 _STATUS = re.compile(r"[1-5][0-9][0-9] [^\x00-\x1f\x7f]*\Z")
 _STATUS_HAS_BODY: dict[str, bool] = {}  # validated status lines
-_LINES: dict[tuple[str, str], str] = {}  # validated ordinary (name, value) -> "name: value\r\n"
+# Validated (name, value) pairs -> "name: value\r\n" for ordinary fields, the length for
+# Content-Length: apps send the same fields again and again.
+_LINES: dict[tuple[str, str], str | int] = {}
 
 
 class ResponseError(Exception):
@@ -165,9 +167,14 @@ class Response:
         cache = _LINES
         try:
             for item in headers:
-                line = cache.get(item)  # an ordinary field seen before, already checked
+                line = cache.get(item)  # a field seen before, already checked
                 if line is not None:
-                    lines.append(line)
+                    if type(line) is str:  # an ordinary field: its line
+                        lines.append(line)
+                    elif self.content_length is None:  # a Content-Length: its value
+                        self.content_length = line
+                    else:
+                        raise ResponseError("repeated Content-Length")
                     continue
                 name, value = item
                 kind = _NAME_KINDS.get(name)
@@ -184,6 +191,10 @@ class Response:
                         cache[item] = line
                 else:
                     self._special(kind, name, value, lines)
+                    if kind == _LENGTH and type(item) is tuple:
+                        if len(cache) >= 2048:
+                            cache.clear()
+                        cache[item] = self.content_length
         except (TypeError, ValueError, AttributeError):
             raise ResponseError(f"response headers must be (str, str) tuples: {headers!r}") \
                 from None
