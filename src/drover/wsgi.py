@@ -169,7 +169,7 @@ class Response:
             for item in headers:
                 line = cache.get(item)  # a field seen before, already checked
                 if line is not None:
-                    if type(line) is str:  # an ordinary field: its line
+                    if isinstance(line, str):  # an ordinary field: its line
                         lines.append(line)
                     elif self.content_length is None:  # a Content-Length: its value
                         self.content_length = line
@@ -191,10 +191,11 @@ class Response:
                         cache[item] = line
                 else:
                     self._special(kind, name, value, lines)
-                    if kind == _LENGTH and type(item) is tuple:
+                    length = self.content_length
+                    if kind == _LENGTH and type(item) is tuple and length is not None:
                         if len(cache) >= 2048:
                             cache.clear()
-                        cache[item] = self.content_length
+                        cache[item] = length
         except (TypeError, ValueError, AttributeError):
             raise ResponseError(f"response headers must be (str, str) tuples: {headers!r}") \
                 from None
