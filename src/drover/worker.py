@@ -279,7 +279,7 @@ class Connection:
             request.keep_alive = False
         environ = request.environ  # the connection's seed with this request's variables
         environ["wsgi.input"] = request.body
-        response = Response(request, lt.server_date, self.send)
+        response = Response(request, lt.server_date, self)
         if lt.access_log:
             self.started = time.perf_counter()
         now = _monotonic()
@@ -301,18 +301,19 @@ class Connection:
             if (type(result) is list and len(result) == 1 and type(result[0]) is bytes
                     and not response.head_sent):
                 data = result[0]  # the common case: the whole body in one piece
-                head = response.head_bytes(len(data))
-                if len(data) >= COPY_LIMIT:  # no copy of a large body: the transport keeps it
+                size = len(data)
+                head = response.head_bytes(size)
+                if size >= COPY_LIMIT:  # no copy of a large body: the transport keeps it
                     self.send(head)
                     self.transport.write(response.frame(data) + response.end())
-                elif response.remaining != len(data) or response.head:
+                elif response.remaining != size or response.head:
                     self.defer(head + response.frame(data) + response.end())
                 else:  # head and body in one send at the end of the pass (defer, inlined)
-                    response.sent = len(data)
+                    response.sent = size
                     out = self.out
                     if out is None:
                         self.out = [head + data]
-                        self.out_size = len(head) + len(data)
+                        self.out_size = len(head) + size
                         if not lt.deferred:
                             lt.deferred_since = now
                             lt.schedule_flush()

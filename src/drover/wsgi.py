@@ -17,13 +17,19 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from drover.protocols.http import LAST_CHUNK, chunk, status_has_body
 from drover.protocols.request import Request
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 WriteFn = Callable[[bytes], None]
+
+
+class Sender(Protocol):
+    """Where a response's write() output goes (the worker's connection)."""
+
+    def send(self, data: bytes) -> None: ...
 
 
 class FileWrapper:
@@ -142,12 +148,12 @@ class Response:
     remaining: int | None = None
     sent = 0  # body bytes written (for the access log)
 
-    def __init__(self, request: Request, server_date: str, send: WriteFn) -> None:
+    def __init__(self, request: Request, server_date: str, conn: Sender) -> None:
         self.keep_alive = request.keep_alive
         self.chunked_ok = request.chunked_ok
         self.head = request.head
         self.server_date = server_date  # "Server: ...\r\nDate: ...\r\n", refreshed each second
-        self._send = send
+        self._conn = conn
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: ExcInfo | None = None) -> WriteFn:
@@ -227,7 +233,7 @@ class Response:
             raise ResponseError("write() called before start_response")
         out = self.frame(data) if self.head_sent else self.head_bytes(None) + self.frame(data)
         if out:
-            self._send(out)
+            self._conn.send(out)
 
     def head_bytes(self, known_length: int | None) -> bytes:
         """The status line and headers. ``known_length``: the whole body's size when the server
