@@ -30,6 +30,7 @@ when no event is asked for and a level-triggered hang-up would spin the loop.
 
 from __future__ import annotations
 
+import _socket
 import collections
 import contextlib
 import errno
@@ -55,6 +56,7 @@ SENDMSG_PIECES = 64  # buffered pieces handed to one sendmsg call
 _DISCONNECTED = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT,
                            errno.ENOTCONN, errno.ESHUTDOWN})
 _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_UNKNOWN: Any = object()  # an address not asked of the kernel yet
 
 
 class StreamProtocol(Protocol):
@@ -207,8 +209,15 @@ class Server:
         self.sock = sock
         self.fd = sock.fileno()
         self.factory = factory
+        # The accepted sockets' family, type and protocol as plain ints: socket.accept() turns
+        # them into enums for every connection, which costs more than the accept itself.
+        self.family, self.type, self.proto = int(sock.family), int(sock.type), sock.proto
         self.tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
         self.active = False
+        # An accepted socket's own address is the listener's, unless that is a wildcard.
+        name = sock.getsockname()
+        wildcard = self.tcp and name[0] in ("0.0.0.0", "::")
+        self.sockname: Any = _UNKNOWN if wildcard else name
 
     def start(self) -> None:
         if not self.active:
@@ -224,10 +233,10 @@ class Server:
             self.loop.unregister(self.fd)
 
     def _on_ready(self, _events: int) -> None:
-        accept = self.sock.accept
+        accept = self.sock._accept  # type: ignore[attr-defined]  # (fd, address), no wrapper
         for _ in range(ACCEPTS_PER_EVENT):
             try:
-                conn, _ = accept()
+                fd, peer = accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return  # nothing left, or another worker was quicker
             except OSError as exc:
@@ -239,13 +248,11 @@ class Server:
                     self.loop.call_later(0.5, self.start)
                     return
                 raise
-            self.adopt(conn)
-
-    def adopt(self, conn: socket.socket) -> None:
-        conn.setblocking(False)
-        if self.tcp:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        Transport(self.loop, conn, self.factory())
+            conn = _socket.socket(self.family, self.type, self.proto, fd)
+            conn.setblocking(False)
+            if self.tcp:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            Transport(self.loop, conn, self.factory(), peer, self.sockname)
 
 
 def adopt_socket(loop: Loop, conn: socket.socket, factory: Callable[[], StreamProtocol]) -> None:
@@ -259,29 +266,32 @@ def adopt_socket(loop: Loop, conn: socket.socket, factory: Callable[[], StreamPr
 class Transport:
     """A connected stream socket on a ``Loop``, driving one protocol object."""
 
-    __slots__ = ("_buffer", "_buffered", "_closing", "_fd", "_high", "_lost", "_loop", "_low",
-                 "_mask", "_protocol", "_reading", "_sock", "_write_paused", "_extra", "_recv",
-                 "_send", "_data_received")
+    # Defaults on the class: a connection (one per request behind nginx's uwsgi_pass) sets
+    # only what differs.
+    _buffer: list[bytes | memoryview] | None = None  # what the kernel did not take yet
+    _buffered = 0  # its size
+    _high = 256 * 1024  # write buffer limits (set_write_buffer_limits)
+    _low = 64 * 1024
+    _write_paused = False  # the protocol was told to pause writing
+    _reading = True
+    _closing = False
+    _lost = False
+    _mask = EPOLLIN  # the events epoll watches for
 
-    def __init__(self, loop: Loop, sock: socket.socket, protocol: StreamProtocol) -> None:
+    def __init__(self, loop: Loop, sock: socket.socket | _socket.socket,
+                 protocol: StreamProtocol, peername: Any = _UNKNOWN,
+                 sockname: Any = _UNKNOWN) -> None:
         self._loop = loop
         self._sock = sock
         self._recv = sock.recv
         self._send = sock.send
-        self._fd = sock.fileno()
+        self._fd = fd = sock.fileno()
         self._protocol = protocol
         self._data_received = protocol.data_received
-        self._buffer: collections.deque[bytes | memoryview] = collections.deque()
-        self._buffered = 0
-        self._high = 64 * 1024
-        self._low = 16 * 1024
-        self._write_paused = False  # the protocol was told to pause writing
-        self._reading = True
-        self._closing = False
-        self._lost = False
-        self._extra: dict[str, Any] = {}
-        self._mask = EPOLLIN
-        loop.register(self._fd, EPOLLIN, self._on_events)
+        self._peername = peername
+        self._sockname = sockname
+        loop._handlers[fd] = self._on_events  # Loop.register, inlined
+        loop._epoll.register(fd, EPOLLIN)
         try:
             protocol.connection_made(self)
         except Exception:
@@ -291,19 +301,21 @@ class Transport:
     # -- what protocols call ----------------------------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``socket``, ``peername`` or ``sockname``, as asyncio's transports give them."""
         if name == "socket":
             return self._sock
-        if name not in self._extra:
-            try:
-                if name == "peername":
-                    self._extra[name] = self._sock.getpeername()
-                elif name == "sockname":
-                    self._extra[name] = self._sock.getsockname()
-                else:
-                    return default
-            except OSError:
-                return default
-        return self._extra[name]
+        try:
+            if name == "peername":
+                if self._peername is _UNKNOWN:
+                    self._peername = self._sock.getpeername()
+                return self._peername
+            if name == "sockname":
+                if self._sockname is _UNKNOWN:
+                    self._sockname = self._sock.getsockname()
+                return self._sockname
+        except OSError:
+            pass
+        return default
 
     def write(self, data: bytes) -> None:
         if self._closing or not data:
@@ -318,11 +330,11 @@ class Transport:
                 return
             if sent == len(data):
                 return
-            self._buffer.append(memoryview(data)[sent:] if sent else data)
+            self._buffer = [memoryview(data)[sent:] if sent else data]
             self._buffered = len(data) - sent
             self._want(self._mask | EPOLLOUT)
         else:
-            self._buffer.append(data)
+            self._buffer.append(data)  # type: ignore[union-attr]  # not None when _buffered
             self._buffered += len(data)
         if self._buffered > self._high and not self._write_paused:
             self._write_paused = True
@@ -360,8 +372,7 @@ class Transport:
         if self._buffered:
             self._want(EPOLLOUT)
         else:
-            self._want(0)
-            self._loop.call_soon(self._connection_lost, None)
+            self._finish(None)
 
     def abort(self) -> None:
         """Close at once, dropping what is buffered."""
@@ -396,33 +407,33 @@ class Transport:
 
     def _write_ready(self) -> None:
         buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = []
         sock = self._sock
         while buffer:
             try:
                 if len(buffer) == 1:
                     sent = sock.send(buffer[0])
                 else:
-                    sent = sock.sendmsg(list(buffer)[:SENDMSG_PIECES])
+                    sent = sock.sendmsg(buffer[:SENDMSG_PIECES])
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 self._fatal(exc)
                 return
             self._buffered -= sent
-            while sent:
-                piece = buffer[0]
-                if sent >= len(piece):
-                    sent -= len(piece)
-                    buffer.popleft()
-                else:
-                    buffer[0] = memoryview(piece)[sent:]
-                    sent = 0
+            done = 0  # whole pieces sent
+            while sent and sent >= len(buffer[done]):
+                sent -= len(buffer[done])
+                done += 1
+            del buffer[:done]
+            if sent:
+                buffer[0] = memoryview(buffer[0])[sent:]
             if self._buffered:
                 break  # the kernel took less than offered: its buffer is full
         if not buffer:
             if self._closing:
-                self._want(0)
-                self._loop.call_soon(self._connection_lost, None)
+                self._finish(None)
                 return
             self._want(self._mask & ~EPOLLOUT)
         if self._write_paused and self._buffered <= self._low:
@@ -449,26 +460,18 @@ class Transport:
         self._force_close(exc)
 
     def _force_close(self, exc: Exception | None) -> None:
+        self._buffer = None
+        self._buffered = 0
+        self._closing = True
+        self._reading = False
+        self._finish(exc)
+
+    def _finish(self, exc: Exception | None) -> None:
+        """Close the socket now (the peer sees the end of the response at once, with the
+        data it follows), and tell the protocol on the next pass, as asyncio does."""
         if self._lost:
             return
-        self._buffer.clear()
-        self._buffered = 0
-        self._want(0)
-        if not self._closing:
-            self._closing = True
-            self._reading = False
-            self._loop.call_soon(self._connection_lost, exc)
-        elif not self._lost:
-            # close() was waiting for the buffer to drain: it never will
-            self._loop.call_soon(self._connection_lost, exc)
-        self._lost = True
-
-    def _connection_lost(self, exc: Exception | None) -> None:
-        if self._sock.fileno() < 0:
-            return  # already done (close and abort both scheduled this)
         self._lost = True
         self._want(0)
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            self._sock.close()
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, exc)

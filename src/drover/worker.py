@@ -135,8 +135,7 @@ class Connection:
     # -- transport callbacks (loop thread) ---------------------------------------------------
 
     def connection_made(self, transport: Transport) -> None:
-        self.transport = transport
-        self.transport.set_write_buffer_limits(HIGH_WATER)
+        self.transport = transport  # its write buffer pauses us at 256 KiB (HIGH_WATER)
         self.peer = transport.get_extra_info("peername")
         self.environ = connection_environ(self.base, transport.get_extra_info("sockname"),
                                           self.peer)
@@ -144,7 +143,7 @@ class Connection:
         lt = self.lt
         lt.connections.add(self)
         self.deadline = lt.clock() + lt.header_timeout
-        if len(lt.connections) >= lt.config.max_connections:
+        if len(lt.connections) >= lt.max_connections:
             lt.pause_accepting()
 
     def data_received(self, data: bytes) -> None:
@@ -636,6 +635,7 @@ class LoopThread:
         self.stop_drain = False
         self.stop_deadline = 0.0
         self.keepalive = worker.config.keepalive_timeout > 0
+        self.max_connections = worker.config.max_connections
         self.access_log = worker.config.access_log
         self.now = self.loop.time()
         self.clock = self.loop.time  # deadlines are precise; the tick checks them each second
