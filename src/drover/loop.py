@@ -50,7 +50,7 @@ EPOLLOUT = select.EPOLLOUT
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)  # Linux 4.5
 RECV_SIZE = 64 * 1024
 MAX_EVENTS = 1024  # sockets handled per poll
-ACCEPTS_PER_EVENT = 64  # connections accepted per readiness event of a listening socket
+ACCEPTS_PER_EVENT = 8  # connections accepted per readiness event of a listening socket
 SENDMSG_PIECES = 64  # buffered pieces handed to one sendmsg call
 # Peers that vanish: ordinary, not worth more than a debug line.
 _DISCONNECTED = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT,
@@ -86,6 +86,12 @@ class Loop:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.register(self._wake_r, EPOLLIN, self._drain_wakeups)
         self.time = time.monotonic
+        # Every socket on this loop reads into this buffer; what arrived is copied out at its
+        # exact size. Reading into a fresh 64 KiB block per read (socket.recv) left the heap
+        # pinned by small objects allocated in the freed tails: 8 KiB of resident memory per
+        # idle connection.
+        self.read_buffer = bytearray(RECV_SIZE)
+        self.read_view = memoryview(self.read_buffer)
 
     # -- callbacks and timers ---------------------------------------------------------------
 
@@ -283,7 +289,7 @@ class Transport:
                  sockname: Any = _UNKNOWN) -> None:
         self._loop = loop
         self._sock = sock
-        self._recv = sock.recv
+        self._recv_into = sock.recv_into
         self._send = sock.send
         self._fd = fd = sock.fileno()
         self._protocol = protocol
@@ -386,15 +392,16 @@ class Transport:
                 self._write_ready()  # also when only an error or hang-up is reported
             if not self._reading:
                 return  # (epoll has this socket only while it wants reading or writing)
+        loop = self._loop
         try:
-            data = self._recv(RECV_SIZE)
+            size = self._recv_into(loop.read_buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._fatal(exc)
             return
-        if data:
-            self._data_received(data)
+        if size:
+            self._data_received(loop.read_view[:size].tobytes())
         else:
             self._eof()
 

@@ -126,6 +126,9 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 # 2048 targets of up to 200 bytes (about 2 MiB), and the cache simply starts over when full.
 _TARGETS: dict[bytes, tuple[str, str, str]] = {}
 _TARGETS_MAX = 2048
+# The environ slot between requests: never written (on_message_begin gives each request its
+# own copy of the seed before any field is stored).
+_NO_ENVIRON: dict[str, str] = {}
 _TARGET_CACHED_LENGTH = 200
 
 
@@ -158,7 +161,7 @@ class HttpConnection:
         self.in_head = False
         self.head_bytes = 0
         self._url = b""
-        self._environ: dict[str, str] = {}
+        self._environ: dict[str, str] = _NO_ENVIRON
         # Each request's environ starts as a copy of this: the constant variables the worker
         # sets for the connection (addresses, wsgi.*). Opaque to the parser.
         self.seed: dict[str, Any] = {}
@@ -386,6 +389,7 @@ class HttpConnection:
     def on_message_complete(self) -> None:
         self.in_message = False
         environ = self._environ
+        self._environ = _NO_ENVIRON  # the request owns it now; an idle connection holds none
         body = self._body
         if body is None:
             stream = EMPTY_INPUT
