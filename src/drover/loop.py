@@ -481,4 +481,12 @@ class Transport:
         self._lost = True
         self._want(0)
         self._sock.close()
-        self._loop.call_soon(self._protocol.connection_lost, exc)
+        self._loop.call_soon(self._connection_lost, exc)
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        protocol = self._protocol
+        # Break the transport <-> protocol cycle, so that reference counting frees both at
+        # once: left to the cyclic collector, a burst of closed connections lingers until a
+        # full collection and the worker's heap keeps their size.
+        self._protocol = self._data_received = None  # type: ignore[assignment]
+        protocol.connection_lost(exc)

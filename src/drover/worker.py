@@ -206,6 +206,7 @@ class Connection:
         if self.busy:
             # The client went away mid-response: the app's close() is still owed (PEP 3333).
             self._release(*self._end_response())
+        self.parser.release()  # no reference cycles left: freed as soon as dropped
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -263,6 +263,11 @@ class HttpConnection:
             self._body = None
         self.events.append(error)
 
+    def release(self) -> None:
+        """The connection is gone: drop the llhttp parser, which refers back to this object."""
+        self.broken = True
+        self._parser = None  # type: ignore[assignment]
+
     def eof_received(self) -> None:
         """The client half-closed; a request it left unfinished can never complete."""
         if self._upgrade_left:

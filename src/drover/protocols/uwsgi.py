@@ -225,6 +225,10 @@ class UwsgiConnection:
         self.in_message = self.in_head = False
         self.events.append(error)
 
+    def release(self) -> None:
+        """The connection is gone (nothing here refers back to it)."""
+        self.broken = True
+
     def eof_received(self) -> None:
         if self._left == UNTIL_EOF and self._body is not None and not self.broken:
             self._left = 0
