@@ -51,17 +51,24 @@ class Recorder:
         self.events.append("resume")
 
 
-def run_until(loop: Loop, done: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Run ``loop`` in this thread until ``done()`` (checked every 10 ms) or fail."""
-    deadline = time.monotonic() + timeout
+class _Until:
+    """Stops the loop once ``done()`` (checked every 10 ms) or at the deadline. A class, not a
+    closure that reschedules itself: that would be a reference cycle, and one test counts
+    them."""
 
-    def check() -> None:
-        if done() or time.monotonic() > deadline:
-            loop.stop()
+    def __init__(self, loop: Loop, done: Callable[[], bool], deadline: float) -> None:
+        self.loop, self.done, self.deadline = loop, done, deadline
+
+    def __call__(self) -> None:
+        if self.done() or time.monotonic() > self.deadline:
+            self.loop.stop()
         else:
-            loop.call_later(0.01, check)
+            self.loop.call_later(0.01, self)
 
-    loop.call_soon(check)
+
+def run_until(loop: Loop, done: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Run ``loop`` in this thread until ``done()`` or fail after ``timeout`` seconds."""
+    loop.call_soon(_Until(loop, done, time.monotonic() + timeout))
     loop.run_forever()
     assert done(), "timed out"
 
@@ -259,3 +266,54 @@ def test_an_error_in_a_callback_is_logged_and_the_loop_goes_on(
     loop.run_forever()
     assert ran == [True]
     assert "deliberate" in caplog.text
+
+
+def answered(client: socket.socket) -> bool:
+    try:
+        return bool(client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+
+
+def test_closed_connections_leave_no_reference_cycles() -> None:
+    """A worker's connections are freed by reference counting when they close: cycles would
+    wait for a full collection, and a burst of connections would grow the worker for good."""
+    import gc
+    import resource
+
+    from drover.config import load_config
+    from drover.sockets import bind
+    from drover.worker import Worker
+
+    def hello(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"hi"]
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1024:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    config = load_config(["--http", "127.0.0.1:0", "--workers", "1", "x:y"], {})
+    listener = bind("http", "127.0.0.1:0", 128, None)
+    worker = Worker(config, [listener], hello, 1, -1)
+    lt = worker.threads[0]
+    clients = []
+    for _ in range(100):
+        server_side, client = socket.socketpair()
+        adopt_socket(lt.loop, server_side, worker.factory_for(lt, listener))
+        clients.append(client)
+    lt.loop.run_ready()
+    gc.collect()
+    gc.disable()
+    try:
+        for client in clients:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        run_until(lt.loop, lambda: all(answered(client) for client in clients))
+        for client in clients:
+            client.close()
+        run_until(lt.loop, lambda: not lt.connections)
+        lt.loop.run_ready()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+        listener.sock.close()
+        lt.loop.close()
