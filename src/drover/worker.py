@@ -927,9 +927,7 @@ class Worker:
             except OSError as exc:  # EMFILE and the like: try again on the next wake-up
                 log.warning("accept failed: %s", exc)
                 return
-            conn.setblocking(False)
-            if conn.family != socket.AF_UNIX:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # (the loop's adopt_socket makes it non-blocking and sets TCP_NODELAY)
             # Fewest connections first (a burst spreads evenly); among equals, one not inside
             # the app right now.
             target = min(threads, key=lambda t: (t.assigned - t.released, t.in_app))
