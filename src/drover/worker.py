@@ -569,6 +569,9 @@ class _SendfileJob:
 
     def resume(self) -> None:
         conn = self.conn
+        if conn.transport.is_closing():
+            self.cancel()  # aborted meanwhile (a timeout): connection_lost cleans up
+            return
         sock = conn.transport.get_extra_info("socket")
         out_fd = sock.fileno()
         in_fd = self.file.fileno()
