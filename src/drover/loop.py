@@ -254,18 +254,22 @@ class Server:
                     return
                 raise
             conn = _socket.socket(self.family, self.type, self.proto, fd)
-            conn.setblocking(False)
-            if self.tcp:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            Transport(self.loop, conn, self.factory(), peer, self.sockname)
+            _serve(self.loop, conn, self.factory, self.tcp, peer, self.sockname)
 
 
 def adopt_socket(loop: Loop, conn: socket.socket, factory: Callable[[], StreamProtocol]) -> None:
     """Serve a connection accepted elsewhere (the worker's main thread) on ``loop``."""
+    _serve(loop, conn, factory, conn.family in (socket.AF_INET, socket.AF_INET6))
+
+
+def _serve(loop: Loop, conn: socket.socket | _socket.socket,
+           factory: Callable[[], StreamProtocol], tcp: bool, peername: Any = _UNKNOWN,
+           sockname: Any = _UNKNOWN) -> None:
+    """A freshly accepted connection: non-blocking, no Nagle delay, a transport and protocol."""
     conn.setblocking(False)
-    if conn.family in (socket.AF_INET, socket.AF_INET6):
+    if tcp:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    Transport(loop, conn, factory())
+    Transport(loop, conn, factory(), peername, sockname)
 
 
 class Transport:

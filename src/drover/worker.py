@@ -308,18 +308,9 @@ class Connection:
                     self.transport.write(response.frame(data) + response.end())
                 elif response.remaining != size or response.head:
                     self.defer(head + response.frame(data) + response.end())
-                else:  # head and body in one send at the end of the pass (defer, inlined)
+                else:  # head and body in one send at the end of the pass
                     response.sent = size
-                    out = self.out
-                    if out is None:
-                        self.out = [head + data]
-                        self.out_size = len(head) + size
-                        if not lt.deferred:
-                            lt.deferred_since = now
-                            lt.schedule_flush()
-                        lt.deferred.append(self)
-                    else:
-                        self.defer(head + data)
+                    self.defer(head + data)
                 if lt.access_log or request.body is not EMPTY_INPUT:
                     self.done(request, response, None)
                     return
@@ -477,7 +468,8 @@ class Connection:
             self.out_size = len(data)
             lt = self.lt
             if not lt.deferred:
-                lt.deferred_since = _monotonic()
+                # When the request began (no clock read here): the wait is counted from there.
+                lt.deferred_since = lt.last_serve
                 lt.schedule_flush()
             lt.deferred.append(self)
         else:  # pipelined requests: their answers go out in one send
@@ -748,13 +740,8 @@ class LoopThread:
         deferred = self.deferred
         self.deferred = []
         for conn in deferred:
-            out = conn.out
-            if out is not None:  # Connection.flush_out, inlined: once per answer
-                conn.out = None
-                transport = conn.transport
-                transport.write(out[0] if len(out) == 1 else b"".join(out))
-                if conn.closed:
-                    transport.close()  # close() waited for this
+            if conn.out is not None:  # else already written (send() or a full buffer)
+                conn.flush_out()
 
     def schedule_flush(self) -> None:
         if not self.flush_scheduled:

@@ -31,11 +31,10 @@ def read_responses(sock: socket.socket, count: int, *, heads: tuple[bool, ...] =
     return out
 
 
-def wait_closed(sock: socket.socket, timeout: float) -> tuple[bool, bytes, float]:
-    """Read until the peer closes: (closed, bytes read, seconds it took)."""
-    start = time.monotonic()
-    deadline = start + timeout
-    data = b""
+def read_to_close(sock: socket.socket, timeout: float) -> tuple[bytes, bool, bool]:
+    """Read until the peer closes or ``timeout`` seconds pass: (bytes, closed, reset)."""
+    deadline = time.monotonic() + timeout
+    parts: list[bytes] = []
     while (left := deadline - time.monotonic()) > 0:
         sock.settimeout(left)
         try:
@@ -43,11 +42,18 @@ def wait_closed(sock: socket.socket, timeout: float) -> tuple[bool, bytes, float
         except TimeoutError:
             break
         except ConnectionResetError:
-            return True, data, time.monotonic() - start
+            return b"".join(parts), True, True
         if not piece:
-            return True, data, time.monotonic() - start
-        data += piece
-    return False, data, time.monotonic() - start
+            return b"".join(parts), True, False
+        parts.append(piece)
+    return b"".join(parts), False, False
+
+
+def wait_closed(sock: socket.socket, timeout: float) -> tuple[bool, bytes, float]:
+    """Read until the peer closes: (closed, bytes read, seconds it took)."""
+    start = time.monotonic()
+    data, closed, _ = read_to_close(sock, timeout)
+    return closed, data, time.monotonic() - start
 
 
 def is_open(sock: socket.socket, wait: float = 0.3) -> bool:

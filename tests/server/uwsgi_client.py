@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rawhttp import read_to_close
 
 from tests.conftest import connect_to
 
@@ -115,20 +116,8 @@ class Exchange:
 
 def read_until_close(sock: socket.socket, timeout: float) -> Exchange:
     """Read until the peer closes or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    parts: list[bytes] = []
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            return Exchange(b"".join(parts), closed=True, reset=True)
-        if not data:
-            return Exchange(b"".join(parts), closed=True)
-        parts.append(data)
-    return Exchange(b"".join(parts), closed=False)
+    data, closed, reset = read_to_close(sock, timeout)
+    return Exchange(data, closed=closed, reset=reset)
 
 
 def exchange(address: str, data: bytes, *, half_close: bool = False,
