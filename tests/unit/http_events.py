@@ -62,9 +62,10 @@ def reduce(event: Any) -> Seen:
 
 
 def feed(pieces: Iterable[bytes], limits: HttpLimits = DEFAULT_LIMITS,
-         eof: bool = False) -> list[Seen]:
-    """Feed ``pieces`` one ``receive_data`` call each (then EOF if asked); the events seen."""
-    conn = HttpConnection(limits)
+         eof: bool = False, fast_path: bool = True) -> list[Seen]:
+    """Feed ``pieces`` one ``receive_data`` call each (then EOF if asked); the events seen.
+    ``fast_path``: False gives every byte to llhttp."""
+    conn = HttpConnection(limits, fast_path)
     for piece in pieces:
         conn.receive_data(piece)
     if eof:
@@ -72,9 +73,10 @@ def feed(pieces: Iterable[bytes], limits: HttpLimits = DEFAULT_LIMITS,
     return [reduce(event) for event in conn.events]
 
 
-def parse(data: bytes, limits: HttpLimits = DEFAULT_LIMITS) -> list[Seen]:
+def parse(data: bytes, limits: HttpLimits = DEFAULT_LIMITS, fast_path: bool = True
+          ) -> list[Seen]:
     """Feed ``data`` whole."""
-    return feed([data], limits)
+    return feed([data], limits, fast_path=fast_path)
 
 
 def split_at(data: bytes, positions: Sequence[int]) -> list[bytes]:
