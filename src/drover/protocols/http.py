@@ -313,9 +313,9 @@ class HttpConnection:
         the first head that is anything else, is returned for llhttp, which has seen none of
         them and is between two messages."""
         lines = data.split(b"\r\n")  # the last two are empty: data ends with CRLF CRLF
-        if len(data) - len(data.translate(None, _CONTROLS)) != 2 * len(lines) - 2:
-            return data  # a control character other than the CRLFs the split found
         last = len(lines) - 1
+        if len(data) - len(data.translate(None, _CONTROLS)) != 2 * last:
+            return data  # a control character other than the CRLFs the split found
         events = self.events
         start = 0
         while True:
