@@ -35,7 +35,7 @@ it this module enforces what llhttp allows:
 The fast path
 -------------
 Most requests are a GET or HEAD head that arrives whole in one read, with no body. For those,
-``_fast_heads`` parses the head with a few bytes operations done in C (split, translate) and
+``receive_data`` parses the head with a few bytes operations done in C (split, translate) and
 two caches of lines already checked (request lines, field lines), instead of llhttp's five
 callbacks into Python and three queries per request: a hello-world request served 6% faster.
 It takes only a strict subset of RFC 9112: one space between the three parts of the request
@@ -262,60 +262,21 @@ class HttpConnection:
     # -- input ------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Parse bytes from the client; queue events. Never raises for bad input."""
-        if self.broken:
-            if self._upgrade_left:
-                self._receive_upgrade_body(data)
-            elif self._ended:
-                self._after_end((data,))
-            return
-        if (not self.in_message and data[-4:] == b"\r\n\r\n"
-                and len(data) <= self._fast_max):
-            data = self._fast_heads(data)
-            if not data:
-                return
-        was_in_head = self.in_head
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrade_requested(data, exc.args[0] if exc.args else len(data))
-            return
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, ProtocolError):
-                self._fail(cause)
-                return
-            raise
-        except httptools.HttpParserInvalidMethodError:
-            # llhttp knows every registered method; the rest cannot be told from garbage
-            # reliably whatever the chunking, so one answer for both.
-            self._fail(ProtocolError(400, "Invalid or unsupported method"))
-            return
-        except httptools.HttpParserInvalidURLError:
-            self._fail(ProtocolError(400, "Invalid request target"))
-            return
-        except httptools.HttpParserError as exc:
-            reason = str(exc) or "Malformed request"
-            status = 505 if "HTTP version" in reason else 400
-            self._fail(ProtocolError(status, reason))
-            return
-        if was_in_head and self.in_head:
-            # Still inside one head after a whole chunk: httptools buffers an unfinished field
-            # line itself, so bound what it may hold (fields are counted in on_header).
-            self._head_chunks += len(data)
-            if self._head_chunks > self._limits.header_block + self._limits.request_line:
-                self._fail(ProtocolError(431, "Request header block too large")
-                           if self._url else ProtocolError(414, "Request line too long"))
+        """Parse bytes from the client; queue events. Never raises for bad input.
 
-    def _fast_heads(self, data: bytes) -> bytes:
-        """Parse the whole heads of bodiless requests that ``data`` (one or more whole heads)
-        starts with, without llhttp (see the module's docstring); the rest of ``data``, from
-        the first head that is anything else, is returned for llhttp, which has seen none of
-        them and is between two messages."""
+        The whole heads of bodiless requests that ``data`` starts with are parsed here,
+        without llhttp (see the module's docstring); the rest, from the first head that is
+        anything else, goes to llhttp, which has seen none of them and is between two
+        messages."""
+        if (self.in_message or self.broken or data[-4:] != b"\r\n\r\n"
+                or len(data) > self._fast_max):
+            self._receive(data)
+            return
         lines = data.split(b"\r\n")  # the last two are empty: data ends with CRLF CRLF
         last = len(lines) - 1
         if len(data) - len(data.translate(None, _CONTROLS)) != 2 * last:
-            return data  # a control character other than the CRLFs the split found
+            self._receive(data)  # a control character other than the CRLFs the split found
+            return
         events = self.events
         start = 0
         while True:
@@ -369,12 +330,53 @@ class HttpConnection:
                     # after it but empty lines (the worker closes before answering it).
                     self.broken = self._ended = True
                     self._after_end(lines[start:])
-                    return b""
+                    return
                 if start == last:
-                    return b""
+                    return
                 continue
             break  # out of the field loop: not a head for the fast path
-        return b"\r\n".join(lines[start:]) if start else data
+        self._receive(b"\r\n".join(lines[start:]) if start else data)
+
+    def _receive(self, data: bytes) -> None:
+        """Everything the fast path does not take: llhttp, and the states after an error."""
+        if self.broken:
+            if self._upgrade_left:
+                self._receive_upgrade_body(data)
+            elif self._ended:
+                self._after_end((data,))
+            return
+        was_in_head = self.in_head
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_requested(data, exc.args[0] if exc.args else len(data))
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProtocolError):
+                self._fail(cause)
+                return
+            raise
+        except httptools.HttpParserInvalidMethodError:
+            # llhttp knows every registered method; the rest cannot be told from garbage
+            # reliably whatever the chunking, so one answer for both.
+            self._fail(ProtocolError(400, "Invalid or unsupported method"))
+            return
+        except httptools.HttpParserInvalidURLError:
+            self._fail(ProtocolError(400, "Invalid request target"))
+            return
+        except httptools.HttpParserError as exc:
+            reason = str(exc) or "Malformed request"
+            status = 505 if "HTTP version" in reason else 400
+            self._fail(ProtocolError(status, reason))
+            return
+        if was_in_head and self.in_head:
+            # Still inside one head after a whole chunk: httptools buffers an unfinished field
+            # line itself, so bound what it may hold (fields are counted in on_header).
+            self._head_chunks += len(data)
+            if self._head_chunks > self._limits.header_block + self._limits.request_line:
+                self._fail(ProtocolError(431, "Request header block too large")
+                           if self._url else ProtocolError(414, "Request line too long"))
 
     # -- Upgrade and CONNECT ----------------------------------------------------------------
 
@@ -418,7 +420,7 @@ class HttpConnection:
             self.in_message = False
 
     def _after_end(self, pieces: Sequence[bytes]) -> None:
-        """Bytes after a request that ended the connection (see _fast_heads)."""
+        """Bytes after a request that ended the connection (see receive_data)."""
         if any(piece.strip(b"\r\n") for piece in pieces):
             self._ended = False
             self._fail(ProtocolError(400, "Data after the last request"))
