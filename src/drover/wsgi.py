@@ -243,13 +243,16 @@ class Response:
             raise ResponseError("the app returned without calling start_response")
         self.head_sent = True
         length = self.content_length
-        if (length is None and known_length is not None and self.keep_alive
-                and self.chunked_ok and _STATUS_HAS_BODY.get(status)):
-            # The common case (a one-piece body on a kept-alive HTTP/1.1 connection): one
-            # f-string instead of the general assembly below.
-            self.remaining = known_length
-            return (f"HTTP/1.1 {status}\r\n{self.server_date}{''.join(self.headers)}"
-                    f"Content-Length: {known_length}\r\n\r\n").encode("latin-1")
+        if self.keep_alive and self.chunked_ok and _STATUS_HAS_BODY.get(status):
+            # The common case (a body of known length, from the app's Content-Length or a
+            # one-piece body, on a kept-alive HTTP/1.1 connection): one f-string instead of
+            # the general assembly below.
+            if length is None:
+                length = known_length
+            if length is not None:
+                self.remaining = length
+                return (f"HTTP/1.1 {status}\r\n{self.server_date}{''.join(self.headers)}"
+                        f"Content-Length: {length}\r\n\r\n").encode("latin-1")
         parts = ["HTTP/1.1 ", status, "\r\n", self.server_date, *self.headers]
         has_body = _STATUS_HAS_BODY.get(status)
         if has_body is None:
