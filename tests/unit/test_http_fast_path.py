@@ -161,3 +161,12 @@ def test_a_head_at_each_limit_gives_the_same_events_both_ways() -> None:
         fields = "".join(f"X-{i}: v\r\n" for i in range(extra // 10))
         both_ways(f"GET / HTTP/1.1\r\nHost: a\r\n{fields}\r\n".encode(), limits)
         both_ways(f"GET / HTTP/1.1\r\nHost: a\r\nX: {'v' * extra}\r\n\r\n".encode(), limits)
+
+
+def test_many_short_fields_at_the_header_block_limit_give_the_same_events_both_ways() -> None:
+    """The header block is counted as llhttp reports it (name, value and 4 bytes per field),
+    which can exceed the bytes on the wire by one per field."""
+    for count in range(10, 30):
+        data = b"GET / HTTP/1.0\r\n" + b"a:b\r\n" * count + b"\r\n"
+        for block in range(len(data) - 3, len(data) + count + 3):
+            both_ways(data, HttpLimits(header_block=block, fields=50))
