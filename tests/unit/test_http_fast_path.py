@@ -149,6 +149,9 @@ def test_mutated_heads_give_the_same_events_both_ways() -> None:
         taken += fast
         given += slow
         both_ways(data, SMALL)
+        both_ways(data, HttpLimits(  # limits at random, around the sizes of these heads
+            request_line=rng.randint(1, 300), fields=rng.randint(1, 20),
+            field_size=rng.randint(1, 300), header_block=rng.randint(1, 600)))
     # Both sides must have been exercised for the comparison to mean anything.
     assert taken > 1000 and given > 1000, (taken, given)
 
