@@ -18,6 +18,7 @@ from http_events import DEFAULT_LIMITS, Seen, feed, parse, reduce
 from test_corpus import CASES
 from test_http_parser import INVALID, SMALL, VALID
 
+import drover.protocols.http as http_module
 from drover.protocols.http import HttpConnection, HttpLimits
 
 BASES = [
@@ -44,7 +45,9 @@ LINES = [b"Content-Length: 0", b"Content-Length: 2", b"Transfer-Encoding: chunke
          b"Expect: 100-continue", b"Upgrade: h2c", b"Connection: upgrade",
          b"Connection: close", b"Connection: keep-alive", b"Connection: close, keep-alive",
          b"Host: b", b"Host: a, b", b"X: y", b" folded", b"Bad Name: v", b"Bad:Name: v",
-         b"NoColon", b"", b"Transfer_Encoding: chunked", b"Content-length: 1"]
+         b"NoColon", b"", b"Transfer_Encoding: chunked", b"Content-length: 1",
+         b"Proxy-Connection: close", b"Proxy-Connection: keep-alive", b"Cookie: s=1",
+         b"Authorization: Basic YTpi"]
 REQUEST_LINES = [b"get / HTTP/1.1", b"GET  / HTTP/1.1", b"GET / HTTP/1.2", b"GET / HTTP/2.0",
                  b"GET http://a/b HTTP/1.1", b"GET * HTTP/1.1", b"OPTIONS * HTTP/1.1",
                  b"DELETE /d HTTP/1.1", b"GET /#f HTTP/1.1", b"GET /a\tb HTTP/1.1",
@@ -173,3 +176,14 @@ def test_many_short_fields_at_the_header_block_limit_give_the_same_events_both_w
         data = b"GET / HTTP/1.0\r\n" + b"a:b\r\n" * count + b"\r\n"
         for block in range(len(data) - 3, len(data) + count + 3):
             both_ways(data, HttpLimits(header_block=block, fields=50))
+
+
+def test_credentials_are_parsed_but_not_kept_after_their_request() -> None:
+    secret = b"Cookie: session=c2VjcmV0\r\nAuthorization: Bearer dG9rZW4=\r\n"
+    data = b"GET /me HTTP/1.1\r\nHost: a\r\n" + secret + b"\r\n"
+    events, fast, _ = both_ways(data)
+    assert fast == 1
+    assert events[0].env()["HTTP_COOKIE"] == "session=c2VjcmV0"
+    assert events[0].env()["HTTP_AUTHORIZATION"] == "Bearer dG9rZW4="
+    assert not [line for line in http_module._FAST_FIELDS if b"c2VjcmV0" in line
+                or b"dG9rZW4=" in line]

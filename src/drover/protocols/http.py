@@ -41,13 +41,13 @@ callbacks into Python and three queries per request: a hello-world request serve
 It takes only a strict subset of RFC 9112: one space between the three parts of the request
 line, GET or HEAD, HTTP/1.0 or 1.1, an origin-form target of ASCII without controls, field
 names that are tokens, values without controls but HTAB, no Content-Length, Transfer-Encoding,
-Expect or Upgrade, exactly one Host on HTTP/1.1, and a Connection field that is only ``close``
-or ``keep-alive``. Anything else, well-formed or not, goes to llhttp from the first byte of
-that head, so llhttp stays the one judge of what is malformed and of how a message is framed;
-a head the fast path takes has no body and ends at its empty line, so the two cannot disagree
-about where the next request starts. tests/unit/test_http_fast_path.py feeds the same bytes
-(the parser tests' tables, the corpus, heads mutated at random) to a parser with the fast path
-and to one without it and requires the same events.
+Expect, Upgrade or Proxy-Connection, exactly one Host on HTTP/1.1, and a Connection field that
+is only ``close`` or ``keep-alive``. Anything else, well-formed or not, goes to llhttp from
+the first byte of that head, so llhttp stays the one judge of what is malformed and of how a
+message is framed; a head the fast path takes has no body and ends at its empty line, so the
+two cannot disagree about where the next request starts. tests/unit/test_http_fast_path.py
+feeds the same bytes (the parser tests' tables, the corpus, heads mutated at random) to a
+parser with the fast path and to one without it and requires the same events.
 """
 
 from __future__ import annotations
@@ -170,14 +170,17 @@ _CONTROLS = bytes([*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F])
 _TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _FAST_METHODS = {b"GET": "GET", b"HEAD": "HEAD"}
 # Fields that frame a body or change the connection: left to llhttp and on_headers_complete.
+# These are the fields llhttp itself reads (Proxy-Connection as Connection), and Expect.
 _SLOW_KEYS = frozenset(("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_EXPECT",
-                        "HTTP_UPGRADE"))
+                        "HTTP_UPGRADE", "HTTP_PROXY_CONNECTION"))
+# Credentials are parsed but never kept in the cache after their request.
+_UNCACHED_KEYS = frozenset(("HTTP_COOKIE", "HTTP_AUTHORIZATION", "HTTP_PROXY_AUTHORIZATION"))
 
 # Request lines and field lines repeat from request to request (the same pages, the same
-# clients), so each distinct short one is checked and converted once. Bounded against hostile
-# variety like _TARGETS: at most 1024 lines of up to 200 bytes each, and a full cache starts
-# over. A request line maps to (its CGI variables, HTTP/1.1?, HEAD?), a field line to
-# (CGI name, value), the name "" for a field that is dropped.
+# clients), so each distinct short one is checked and converted once; credentials are not kept.
+# Bounded against hostile variety like _TARGETS: at most 1024 lines of up to 200 bytes each,
+# and a full cache starts over. A request line maps to (its CGI variables, HTTP/1.1?, HEAD?),
+# a field line to (CGI name, value), the name "" for a field that is dropped.
 _FAST_LINES_MAX = 1024
 _FAST_LINE_CACHED_LENGTH = 200
 _FAST_REQUEST_LINES: dict[bytes, tuple[dict[str, str], bool, bool]] = {}
@@ -217,7 +220,7 @@ def _fast_field(line: bytes) -> tuple[str, str] | None:
     if key in _SLOW_KEYS:
         return None
     field = (key, value.strip(b" \t").decode("latin-1"))
-    if len(line) <= _FAST_LINE_CACHED_LENGTH:
+    if len(line) <= _FAST_LINE_CACHED_LENGTH and key not in _UNCACHED_KEYS:
         if len(_FAST_FIELDS) >= _FAST_LINES_MAX:
             _FAST_FIELDS.clear()
         _FAST_FIELDS[line] = field
