@@ -84,6 +84,15 @@ def pair(loop: Loop, protocol: Recorder) -> socket.socket:
     return client
 
 
+def connected(loop: Loop) -> tuple[Recorder, socket.socket, Transport]:
+    """A recording protocol on the loop, the client socket, and the protocol's transport."""
+    proto = Recorder()
+    client = pair(loop, proto)
+    transport = proto.transport
+    assert transport is not None
+    return proto, client, transport
+
+
 def test_data_is_delivered_and_eof_closes(loop: Loop) -> None:
     proto = Recorder(on_data=lambda p, d: p.transport.write(d.upper()))  # type: ignore[union-attr]
     client = pair(loop, proto)
@@ -127,10 +136,7 @@ def test_writes_buffer_pause_and_resume_and_arrive_in_order(loop: Loop) -> None:
 
 
 def test_close_sends_what_is_buffered_first(loop: Loop) -> None:
-    proto = Recorder()
-    client = pair(loop, proto)
-    transport = proto.transport
-    assert transport is not None
+    proto, client, transport = connected(loop)
     for _ in range(64):  # 4 MiB: more than the socket buffers take at once
         transport.write(PATTERN)
     assert transport.get_write_buffer_size() > 0
@@ -152,10 +158,7 @@ def test_close_sends_what_is_buffered_first(loop: Loop) -> None:
 
 
 def test_abort_drops_the_buffer_and_reports_lost_once(loop: Loop) -> None:
-    proto = Recorder()
-    client = pair(loop, proto)
-    transport = proto.transport
-    assert transport is not None
+    proto, client, transport = connected(loop)
     for _ in range(64):
         transport.write(PATTERN)
     transport.close()  # waiting for the buffer to drain...
@@ -171,10 +174,7 @@ def test_abort_drops_the_buffer_and_reports_lost_once(loop: Loop) -> None:
 
 
 def test_paused_reading_delivers_nothing_until_resumed(loop: Loop) -> None:
-    proto = Recorder()
-    client = pair(loop, proto)
-    transport = proto.transport
-    assert transport is not None
+    proto, client, transport = connected(loop)
     transport.pause_reading()
     client.sendall(b"waiting")
     deadline = time.monotonic() + 0.2
@@ -185,10 +185,7 @@ def test_paused_reading_delivers_nothing_until_resumed(loop: Loop) -> None:
 
 
 def test_hang_up_while_nothing_is_wanted_does_not_spin(loop: Loop) -> None:
-    proto = Recorder()
-    client = pair(loop, proto)
-    transport = proto.transport
-    assert transport is not None
+    proto, client, transport = connected(loop)
     transport.pause_reading()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
     client.close()
