@@ -41,7 +41,7 @@ from drover.config import Config
 from drover.logs import log
 from drover.sockets import Listener, bind, close_listeners
 
-EXIT_APP_LOAD = 3  # keep in step with drover.worker.EXIT_APP_LOAD (not imported: see above)
+EXIT_APP_LOAD = 3  # keep in step with drover.worker.process.EXIT_APP_LOAD (not imported: see above)
 
 SIGNAL_NAMES: dict[int, str] = {
     signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGQUIT: "quit", signal.SIGHUP: "hup",

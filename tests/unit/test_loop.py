@@ -280,7 +280,7 @@ def test_closed_connections_leave_no_reference_cycles() -> None:
 
     from drover.config import load_config
     from drover.sockets import bind
-    from drover.worker import Worker
+    from drover.worker.process import Worker
 
     def hello(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
         start_response("200 OK", [("Content-Length", "2")])
