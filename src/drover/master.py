@@ -45,7 +45,8 @@ EXIT_APP_LOAD = 3  # keep in step with drover.worker.process.EXIT_APP_LOAD (not 
 
 SIGNAL_NAMES: dict[int, str] = {
     signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGQUIT: "quit", signal.SIGHUP: "hup",
-    signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld"}
+    signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld",
+    signal.SIGUSR1: "usr1", signal.SIGUSR2: "usr2", signal.SIGWINCH: "winch"}
 
 
 @dataclass
@@ -383,6 +384,15 @@ class Master:
 
     def handle_chld(self) -> None:
         pass  # reaping happens in the loop
+
+    def handle_usr1(self) -> None:
+        log.info("SIGUSR1 ignored (no log file to reopen)")
+
+    def handle_usr2(self) -> None:
+        log.info("SIGUSR2 ignored")
+
+    def handle_winch(self) -> None:
+        pass  # a terminal resize: nothing to do (its default action is already to ignore)
 
 
 def _kill(pid: int, signum: int) -> None:

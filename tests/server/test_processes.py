@@ -226,6 +226,28 @@ def test_sigquit_stops_at_once(drover: DroverLauncher, tmp_path: Path) -> None:
     assert time.monotonic() - started < 5.0
 
 
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH])
+def test_stray_operator_signals_do_not_stop_the_server(drover: DroverLauncher, tmp_path: Path,
+                                                       signum: signal.Signals) -> None:
+    """USR1, USR2 and WINCH, to the master and to every worker, harm nothing."""
+    sock = tmp_path / "app.sock"
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "2", "--chdir", str(tmp_path), "--http", "127.0.0.1:0",
+                    "--uwsgi", str(sock), "pidapp")
+    before = sorted(worker_pids(server))
+    for pid in (server.proc.pid, *before):
+        os.kill(pid, signum)
+    if signum != signal.SIGWINCH:
+        server.wait_for_log(rf"{signum.name}")
+    time.sleep(0.5)
+    assert server.proc.poll() is None
+    assert get(server).status_code == 200
+    assert sorted(worker_pids(server)) == before  # no worker died and was replaced
+    assert sock.exists()
+    assert server.stop(signal.SIGTERM) == 0
+    assert not sock.exists()
+
+
 def _swallow(fn: Callable[[], object]) -> None:
     with contextlib.suppress(requests.RequestException):
         fn()

@@ -121,9 +121,6 @@ class Worker:
         signal.set_wakeup_fd(self._wake_w)
         for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
             signal.signal(handled, self._on_signal)
-        for ignored in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
-                        signal.SIGWINCH):
-            signal.signal(ignored, signal.SIG_IGN)
         for lt in self.threads:
             lt.thread.start()
         os.write(self.pipe, b"R")
@@ -199,8 +196,13 @@ def run_worker(config: Config, listeners: list[Listener], app: WsgiApp | None,
     except ImportError:  # pragma: no cover - a hard dependency, but titles are cosmetic
         pass
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-                   signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+                   signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
+    # Meant for the master (an operator's "pkill -USR1 drover" reaches every process): never
+    # a reason for a worker to die, not even while it loads the app.
+    for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
+                   signal.SIGWINCH):
+        signal.signal(signum, signal.SIG_IGN)
     if app is None:
         from drover.loader import AppLoadError
 
