@@ -237,13 +237,23 @@ class Server:
             self.active = False
             self.loop.unregister(self.fd)
 
+    def accept_backlog(self) -> None:
+        """Take every connection waiting in the listen queue now (a graceful stop serves them:
+        they reached the server before it was told to stop)."""
+        while self._accept_some(ACCEPTS_PER_EVENT) == ACCEPTS_PER_EVENT:
+            pass
+
     def _on_ready(self, _events: int) -> None:
+        self._accept_some(ACCEPTS_PER_EVENT)
+
+    def _accept_some(self, limit: int) -> int:
+        """Accept up to ``limit`` connections; returns how many were taken."""
         accept = self.sock._accept  # type: ignore[attr-defined]  # (fd, address), no wrapper
-        for _ in range(ACCEPTS_PER_EVENT):
+        for taken in range(limit):
             try:
                 fd, peer = accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return  # nothing left, or another worker was quicker
+                return taken  # nothing left, or another worker was quicker
             except OSError as exc:
                 if exc.errno in _ACCEPT_RESOURCE_ERRORS:
                     # Out of file descriptors or memory: stop trying for a moment instead of
@@ -251,10 +261,11 @@ class Server:
                     log.warning("accept failed: %s; pausing accepting for 0.5 s", exc)
                     self.stop()
                     self.loop.call_later(0.5, self.start)
-                    return
+                    return taken
                 raise
             conn = _socket.socket(self.family, self.type, self.proto, fd)
             _serve(self.loop, conn, self.factory, self.tcp, peer, self.sockname)
+        return limit
 
 
 def adopt_socket(loop: Loop, conn: socket.socket, factory: Callable[[], StreamProtocol]) -> None:

@@ -215,6 +215,39 @@ def test_sigterm_lets_requests_in_flight_finish(drover: DroverLauncher, tmp_path
     assert results and results[0].status_code == 200
 
 
+@pytest.mark.parametrize("threads", [1, 4])
+def test_sigterm_serves_every_request_that_arrived_before_it(drover: DroverLauncher,
+                                                             tmp_path: Path,
+                                                             threads: int) -> None:
+    """A burst of slow requests, then TERM: requests accepted but not started (their loop was
+    in the app) and those still in the listen queue are all answered, with Connection: close."""
+    write_app(tmp_path, "v1")
+    server = drover("--workers", "1", "--threads", str(threads), "--chdir", str(tmp_path),
+                    "pidapp")
+    count = 5 * threads
+    results: list[tuple[int, str]] = []
+    errors: list[str] = []
+
+    def one() -> None:
+        try:
+            response = get(server, "/sleep?0.5", timeout=30)
+            results.append((response.status_code, response.headers.get("Connection", "")))
+        except requests.RequestException as exc:
+            errors.append(repr(exc))
+
+    clients = [threading.Thread(target=one) for _ in range(count)]
+    for client in clients:
+        client.start()
+    time.sleep(0.3)  # every request sent; at most `threads` of them started
+    assert server.stop(signal.SIGTERM) == 0
+    for client in clients:
+        client.join(30)
+    assert errors == []
+    assert len(results) == count
+    assert all(status == 200 for status, _ in results)
+    assert any(conn == "close" for _, conn in results)  # those served after the signal
+
+
 def test_sigquit_stops_at_once(drover: DroverLauncher, tmp_path: Path) -> None:
     write_app(tmp_path, "v1")
     server = drover("--workers", "2", "--chdir", str(tmp_path), "pidapp")

@@ -4,6 +4,7 @@ to the transport, in wire order (see the package docstring for the theory of ope
 from __future__ import annotations
 
 import contextvars
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -447,6 +448,16 @@ class Connection:
             if self.out is None:
                 self.transport.close()
             # else the loop's flush writes what is deferred, then closes
+
+    def unread_input(self) -> bool:
+        """Has the client sent bytes this loop has not read yet? (Loop thread, at shutdown.)"""
+        sock = self.transport.get_extra_info("socket")
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return False  # reset or closed: nothing to serve
 
     def timed_out(self) -> None:
         """Called by the loop tick when the deadline passed."""

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING
 from drover.logs import log
 from drover.loop import Loop, Server, adopt_socket
 from drover.sockets import Listener
-from drover.worker.connection import NEVER, Connection
+from drover.worker.connection import FRESH, NEVER, Connection
 
 if TYPE_CHECKING:
     from drover.worker.process import Worker
+
+FIRST_REQUEST_GRACE = 1.0  # on shutdown, how long a new connection may take to send its request
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -240,12 +242,23 @@ class LoopThread:
         if not self.running:
             self.stop_drain = drain  # _started() finishes the job
             return
-        self.stop_deadline = self.loop.time() + self.config.graceful_timeout
+        now = self.loop.time()
+        self.stop_deadline = now + self.config.graceful_timeout
+        if not drain:
+            for server in self.servers:
+                server.accept_backlog()  # queued before the stop: served like the others
         self._unlisten()
         if not drain:
             for conn in list(self.connections):
-                if not conn.busy and not conn.parser.in_message and not conn.parser.events:
-                    conn.close()
+                if conn.busy or conn.parser.in_message or conn.parser.events or conn.held:
+                    continue
+                if conn.unread_input():
+                    continue  # a request this loop had no time to read (busy in the app)
+                if conn.state == FRESH:
+                    # Connected before the stop, its request not here yet: a moment for it.
+                    conn.deadline = min(conn.deadline, now + FIRST_REQUEST_GRACE)
+                    continue
+                conn.close()  # idle between requests
         if not self.connections:
             self.loop.stop()
         else:

@@ -94,23 +94,25 @@ class Worker:
                      self.worker_id, self.served)
             os.kill(os.getpid(), signal.SIGHUP)
 
-    def _accept(self, listener: Listener) -> None:
-        """Main thread, threads > 1: accept what is queued, each to the least loaded loop."""
+    def _accept(self, listener: Listener, limit: int = 64) -> int:
+        """Main thread, threads > 1: accept what is queued, each to the least loaded loop.
+        Returns how many were taken (``limit``: maybe more are waiting)."""
         threads = self.threads
-        for _ in range(64):
+        for taken in range(limit):
             try:
                 conn, _ = listener.sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
+                return taken
             except OSError as exc:  # EMFILE and the like: try again on the next wake-up
                 log.warning("accept failed: %s", exc)
-                return
+                return taken
             # (the loop's adopt_socket makes it non-blocking and sets TCP_NODELAY)
             # Fewest connections first (a burst spreads evenly); among equals, one not inside
             # the app right now.
             target = min(threads, key=lambda t: (t.assigned - t.released, t.in_app))
             target.assigned += 1
             target.loop.call_soon_threadsafe(target.adopt, conn, listener)
+        return limit
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)  # only queue: the main loop acts (no work in handlers)
@@ -145,8 +147,14 @@ class Worker:
                     os._exit(0)
                 if not stopping:
                     stopping = True
-                    accepting.clear()
                     drain = signum == signal.SIGHUP  # retiring: reload, recycling, TTOU
+                    if not drain:
+                        # Shutting down: what waits in the listen queue reached us before the
+                        # signal and is served (handed to the loops before they stop).
+                        for listener in accepting.values():
+                            while self._accept(listener) == 64:
+                                pass
+                    accepting.clear()
                     log.info("worker %d %s", self.worker_id,
                              "retiring" if drain else "stopping gracefully")
                     for lt in self.threads:
