@@ -10,8 +10,10 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,47 @@ DEFAULT_NAMES = ("application", "app")
 
 class AppLoadError(Exception):
     """The app cannot be loaded; the message says what was looked for and where."""
+
+    def details(self) -> str:
+        """More lines for the log after the message (none: the message says it all)."""
+        return ""
+
+
+class AppCodeError(AppLoadError):
+    """The app's own code raised, while its module was imported or its factory ran.
+
+    ``details()`` is the traceback of the app's frames only: the frames of Drover and of
+    importlib that lead to the app's first line say nothing to its author.
+    """
+
+    def __init__(self, what: str, exc: BaseException) -> None:
+        super().__init__(f"{what} raised {type(exc).__name__}: {exc}")
+        self.original = exc
+
+    def details(self) -> str:
+        frames = [frame for frame in traceback.extract_tb(self.original.__traceback__)
+                  if not _is_loading_machinery(frame.filename)]
+        lines = traceback.format_list(frames) + traceback.format_exception_only(self.original)
+        head = "Traceback of the app's code (most recent call last):\n" if frames else ""
+        return (head + "".join(lines)).rstrip("\n")
+
+
+def describe_load_failure(spec: str, exc: BaseException) -> str:
+    """The log message when the app could not be loaded (in the master or a worker)."""
+    if isinstance(exc, AppLoadError):
+        details = exc.details()
+        return f"cannot load the app: {exc}" + (f"\n{details}" if details else "")
+    lines = traceback.format_exception(exc)
+    return (f"cannot load the app {spec!r}: loading it raised {type(exc).__name__}\n"
+            + "".join(lines).rstrip("\n"))
+
+
+_DROVER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _is_loading_machinery(filename: str) -> bool:
+    return (filename.startswith(_DROVER_DIR) or filename.startswith("<frozen importlib")
+            or os.sep + "importlib" + os.sep in filename)
 
 
 def prepare_path(chdir: str, pythonpath: tuple[str, ...]) -> None:
@@ -81,7 +124,10 @@ def _import_file(path: str) -> Any:
         raise AppLoadError(f"app file {path!r} cannot be imported as Python")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise AppCodeError(f"importing {path!r}", exc) from exc
     return module
 
 
@@ -94,7 +140,9 @@ def _import_module(name: str) -> Any:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
             raise AppLoadError(f"module {name!r} not found (sys.path starts with "
                                f"{sys.path[:3]})") from None
-        raise
+        raise AppCodeError(f"importing module {name!r}", exc) from exc
+    except Exception as exc:
+        raise AppCodeError(f"importing module {name!r}", exc) from exc
 
 
 def load_app(spec: str) -> Callable[..., Any]:
@@ -128,14 +176,39 @@ def load_app(spec: str) -> Callable[..., Any]:
         if is_call:
             if not callable(obj):
                 raise AppLoadError(f"{name!r} in {where} is not callable, so it is no factory")
-            obj = obj(*args, **kwargs)
+            try:
+                obj = obj(*args, **kwargs)
+            except Exception as exc:
+                raise AppCodeError(f"calling the factory {attr_part.strip()!r} of {where}",
+                                   exc) from exc
             name = f"{name}(...)"
         if not callable(obj):
             raise AppLoadError(f"{name!r} in {where} is not callable "
                                f"(it is a {type(obj).__name__})")
+        if not _takes_two_arguments(obj):
+            hint = f"{module_part}:{name}()" if not is_call else ""
+            raise AppLoadError(
+                f"{name!r} in {where} cannot be a WSGI app: it cannot be called with "
+                f"(environ, start_response)"
+                + (f". If it is a factory that returns the app, call it: {hint!r}"
+                   if hint else ""))
         return obj  # type: ignore[no-any-return]
     looked = " or ".join(repr(c) for c in candidates)
     raise AppLoadError(f"no {looked} in {where} ({getattr(module, '__file__', '?')})")
+
+
+def _takes_two_arguments(obj: Any) -> bool:
+    """Can ``obj`` be called as ``obj(environ, start_response)``? (True when Python cannot
+    tell, as for some callables written in C.)"""
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        return False
+    return True
 
 
 class MountDispatcher:

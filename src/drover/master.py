@@ -98,17 +98,13 @@ class Master:
         return True
 
     def _preload(self) -> bool:
-        from drover.loader import AppLoadError, load_configured_app, prepare_path
+        from drover.loader import describe_load_failure, load_configured_app, prepare_path
 
         try:
             prepare_path(self.config.chdir, self.config.pythonpath)
             self.app = load_configured_app(self.config.app, self.config.mount)
-        except AppLoadError as exc:
-            log.error("cannot load the app: %s", exc)
-            return False
         except BaseException as exc:
-            log.error("cannot load the app %r: importing it raised %s", self.config.app,
-                      type(exc).__name__, exc_info=exc)
+            log.error("%s", describe_load_failure(self.config.app, exc))
             return False
         log.info("preloaded %s", self.config.app)
         return True

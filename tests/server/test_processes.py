@@ -122,8 +122,66 @@ def test_import_error_prints_traceback_then_a_summary(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom at import')\n")
     result = run_drover("--http", "127.0.0.1:0", "--chdir", str(tmp_path), "broken:app")
     assert result.returncode != 0
-    assert "Traceback" in result.stderr and "boom at import" in result.stderr
-    assert "importing it raised RuntimeError" in result.stderr
+    assert "boom at import" in result.stderr
+    assert "importing module 'broken' raised RuntimeError" in result.stderr
+    # The app's own frame, not Drover's or importlib's on the way to it.
+    assert "Traceback of the app's code" in result.stderr
+    assert 'broken.py", line 1' in result.stderr
+    assert "importlib" not in result.stderr and "drover/loader.py" not in result.stderr
+
+
+def test_failure_inside_a_factory_says_so(tmp_path: Path) -> None:
+    (tmp_path / "factory.py").write_text(
+        "def create_app():\n"
+        "    return configure()\n"
+        "def configure():\n"
+        "    raise KeyError('DATABASE_URL')\n")
+    result = run_drover("--http", "127.0.0.1:0", "--chdir", str(tmp_path),
+                        "factory:create_app()")
+    assert result.returncode != 0
+    assert ("calling the factory 'create_app()' of module 'factory' raised KeyError"
+            in result.stderr)
+    assert "in configure" in result.stderr and "importing" not in result.stderr
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_factory_named_without_parentheses_is_refused_at_load(tmp_path: Path,
+                                                             preload: bool) -> None:
+    (tmp_path / "factory.py").write_text(
+        "def create_app():\n"
+        "    def app(environ, start_response):\n"
+        "        start_response('200 OK', [])\n"
+        "        return [b'ok']\n"
+        "    return app\n")
+    args = ["--http", "127.0.0.1:0", "--chdir", str(tmp_path), "factory:create_app"]
+    result = run_drover(*args, *(["--preload"] if preload else []))
+    assert result.returncode != 0
+    assert "cannot be a WSGI app" in result.stderr
+    assert "'factory:create_app()'" in result.stderr
+
+
+def test_wsgi_callables_of_every_shape_are_accepted(drover: DroverLauncher,
+                                                    tmp_path: Path) -> None:
+    """A class (its instances are the iterable), an object with __call__, a function with
+    extra optional arguments: all callable as (environ, start_response)."""
+    (tmp_path / "shapes.py").write_text(
+        "class AsClass:\n"
+        "    def __init__(self, environ, start_response):\n"
+        "        start_response('200 OK', [])\n"
+        "    def __iter__(self):\n"
+        "        yield b'class'\n"
+        "class WithCall:\n"
+        "    def __call__(self, environ, start_response, *rest):\n"
+        "        start_response('200 OK', [])\n"
+        "        return [b'object']\n"
+        "instance = WithCall()\n"
+        "def function(environ, start_response, extra=None):\n"
+        "    start_response('200 OK', [])\n"
+        "    return [b'function']\n")
+    for name, body in (("AsClass", "class"), ("instance", "object"), ("function", "function")):
+        server = drover("--workers", "1", "--chdir", str(tmp_path), f"shapes:{name}")
+        assert get(server).text == body
+        server.stop()
 
 
 def test_preload_failure_exits_before_forking(tmp_path: Path) -> None:

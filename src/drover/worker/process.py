@@ -212,17 +212,12 @@ def run_worker(config: Config, listeners: list[Listener], app: WsgiApp | None,
                    signal.SIGWINCH):
         signal.signal(signum, signal.SIG_IGN)
     if app is None:
-        from drover.loader import AppLoadError
+        from drover.loader import describe_load_failure
 
         try:
             app = load_worker_app(config, listeners)
-        except AppLoadError as exc:
-            log.error("cannot load the app: %s", exc)
-            sys.stderr.flush()
-            os._exit(EXIT_APP_LOAD)
         except BaseException as exc:
-            log.error("cannot load the app %r: importing it raised %s", config.app,
-                      type(exc).__name__, exc_info=exc)
+            log.error("%s", describe_load_failure(config.app, exc))
             sys.stderr.flush()
             os._exit(EXIT_APP_LOAD)
     try:
