@@ -16,6 +16,7 @@ from drover.config import Config
 from drover.logs import log
 from drover.protocols.http import HttpLimits
 from drover.sockets import Listener
+from drover.static import StaticFiles
 from drover.worker.connection import Connection, UwsgiHandler
 from drover.worker.loop_thread import LoopThread
 from drover.wsgi import base_environ
@@ -54,6 +55,7 @@ class Worker:
             self.uwsgi_networks = [
                 ipaddress.ip_network(net, strict=False)
                 for net in (config.uwsgi_allow_from or ("127.0.0.0/8", "::1/128"))]
+        self.static = StaticFiles.from_config(config)
         self.threads = [LoopThread(self, i) for i in range(config.threads)]
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
