@@ -223,6 +223,8 @@ def choose_coding(header: str | None, available: Iterable[str]) -> str:
     br, gzip = coding_qualities(header)
     best, best_q = "", 0.0
     for coding in available:
+        if not coding:
+            continue  # the file itself
         q = br if coding == "br" else gzip
         if q > best_q:
             best, best_q = coding, q
@@ -370,6 +372,9 @@ class Answer:
         self.count = count
 
 
+_CHANGED = Answer(500, b"")  # _file_answer: the file is not the one that was checked
+
+
 class StaticFiles:
     """The static maps of one worker and its cache of resolved paths (shared by its loop
     threads: dict operations are atomic, and two threads building one entry at once is
@@ -412,13 +417,23 @@ class StaticFiles:
 
     def respond(self, request: Request, server_date: str) -> Answer | None:
         """The answer to ``request`` (its PATH_INFO starts with a prefix), or None: the app's."""
-        environ = request.environ
-        path = environ["PATH_INFO"]
+        path = request.environ["PATH_INFO"]
         entry = self.cache.get(path)
         if entry is None or time.monotonic() - entry.checked >= REVALIDATE:
             entry = self._lookup(path, entry)
             if entry is None:
                 return None  # the path is under no mount (a prefix without its slash)
+        answer = self._answer(request, server_date, entry)
+        if answer is _CHANGED:  # the file changed since it was checked: look again, once
+            entry = self._lookup(path, entry)
+            assert entry is not None
+            answer = self._answer(request, server_date, entry)
+            if answer is _CHANGED:  # changing right now
+                return self._short(404, request, server_date)
+        return answer
+
+    def _answer(self, request: Request, server_date: str, entry: Entry) -> Answer | None:
+        environ = request.environ
         method = environ["REQUEST_METHOD"]
         head_or_get = method in ("GET", "HEAD")
         if entry.kind == MISSING:
@@ -430,7 +445,7 @@ class StaticFiles:
         if not head_or_get:
             return self._short(405, request, server_date, "Allow: GET, HEAD\r\n")
         if entry.kind == REDIRECT:
-            uri = environ.get("REQUEST_URI") or path
+            uri = environ.get("REQUEST_URI") or environ["PATH_INFO"]
             target, sep, query = uri.partition("?")
             location = f"Location: {target}/{sep}{query}\r\n"
             return self._short(301, request, server_date, location)
@@ -481,8 +496,7 @@ class StaticFiles:
             return answer
         fd = self._open(variant)
         if fd < 0:
-            entry.checked = -REVALIDATE  # changed since it was checked: look again next time
-            return self._short(404, request, server_date)
+            return _CHANGED
         return Answer(status, head, count, fd, offset, count)
 
     @staticmethod
