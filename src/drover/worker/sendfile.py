@@ -10,8 +10,10 @@ its Content-Length followed by the close, never bytes framed as another response
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import socket
 import stat
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from drover.worker.connection import Connection
 
 BURST = 1 << 20  # bytes per os.sendfile call
+CORK_ABOVE = 256 * 1024  # files at least this large are sent corked (see start)
 
 
 class SendfileJob:
@@ -33,6 +36,7 @@ class SendfileJob:
     is closed by the app's close() instead."""
 
     head = b""  # written before the file (for_wrapper)
+    corked = False  # TCP_CORK is set on the socket while the file goes out
 
     def __init__(self, conn: Connection, fd: int, offset: int, count: int,
                  owned: bool = False) -> None:
@@ -72,6 +76,13 @@ class SendfileJob:
         # Zero high-water mark: pause_writing() now means "anything is buffered", and
         # resume_writing() "the buffer is empty", which is when sendfile may write directly.
         conn.transport.set_write_buffer_limits(0)
+        if self.left >= CORK_ABOVE:
+            sock = conn.transport.get_extra_info("socket")
+            if sock.family != socket.AF_UNIX:
+                # Full segments only until the end (the head rides with the file's first
+                # bytes): the client wakes once per segment, not once per sendfile call.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                self.corked = True
         conn.send(self.head if head is None else head)
         if not conn.write_paused:
             self.resume()
@@ -103,6 +114,11 @@ class SendfileJob:
             conn.transport.abort()
             return
         self.cancel()
+        if self.corked:
+            self.corked = False
+            with contextlib.suppress(OSError):  # uncorking sends the last partial segment
+                conn.transport.get_extra_info("socket").setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         conn.sendfile_done()
 
     def _watch(self) -> None:
