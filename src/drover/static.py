@@ -434,16 +434,12 @@ class StaticFiles:
 
     def _answer(self, request: Request, server_date: str, entry: Entry) -> Answer | None:
         environ = request.environ
-        method = environ["REQUEST_METHOD"]
-        head_or_get = method in ("GET", "HEAD")
-        if entry.kind == MISSING:
+        if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
             if self.fallthrough:
-                return None
-            if not head_or_get:
-                return self._short(405, request, server_date, "Allow: GET, HEAD\r\n")
-            return self._short(404, request, server_date)
-        if not head_or_get:
+                return None  # the app may take other methods on these paths
             return self._short(405, request, server_date, "Allow: GET, HEAD\r\n")
+        if entry.kind == MISSING:
+            return None if self.fallthrough else self._short(404, request, server_date)
         if entry.kind == REDIRECT:
             uri = environ.get("REQUEST_URI") or environ["PATH_INFO"]
             target, sep, query = uri.partition("?")

@@ -300,6 +300,21 @@ def test_fallthrough_hands_missing_paths_to_the_app(tree: Path) -> None:
     assert status(files, request("/s/css/a.css")) == 200
 
 
+def test_fallthrough_hands_other_methods_to_the_app(tree: Path) -> None:
+    files = StaticFiles([("/s", str(tree))], fallthrough=True)
+    assert files.respond(request("/s/css/a.css", "POST"), "") is None
+
+
+def test_a_map_at_the_root_with_fallthrough(tree: Path) -> None:
+    """uWSGI's check-static DIR: files first, the app for the rest."""
+    files = StaticFiles([("/", str(tree))], indexes=["index.html"], fallthrough=True)
+    assert files.prefixes == ("",)
+    assert status(files, request("/css/a.css")) == 200
+    assert status(files, request("/docs/")) == 200
+    assert files.respond(request("/"), "") is None
+    assert files.respond(request("/app/view"), "") is None
+
+
 def test_a_prefix_matches_whole_segments_only(tree: Path) -> None:
     files = StaticFiles([("/s", str(tree))])
     assert files.respond(request("/sx/css/a.css"), "") is None
