@@ -46,7 +46,9 @@ if TYPE_CHECKING:  # the master reads split_rule from here; it imports no protoc
 
 SMALL_FILE = 64 * 1024  # files up to this size are kept in memory and written with their head
 CACHE_ENTRIES = 1024  # looked-up paths remembered per worker
-CACHE_BYTES = 8 * 1024 * 1024  # file contents kept in memory per worker, at most
+# File contents kept in memory per worker, at most; each is held twice at most (with the
+# prebuilt answer of the current second).
+CACHE_BYTES = 4 * 1024 * 1024
 REVALIDATE = 1.0  # seconds before a remembered path is resolved and stat'ed again
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK

@@ -385,6 +385,20 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+# -- wsgi.file_wrapper goes the same way ----------------------------------------------------------
+
+
+def test_file_wrapper_sends_a_part_of_a_file(drover: DroverLauncher, tree: Path) -> None:
+    srv = drover.app("probe:file_app", "--workers", "1", ready_path=None)
+    path = tree / "big.bin"
+    with srv.connect(20) as sock:
+        sock.sendall(get(srv, f"/?path={path}&offset=1000&length=500000")
+                     + get(srv, f"/?path={path}&offset={len(BIG) - 10}"))
+        part, tail = read_responses(sock, 2, timeout=20)
+    assert part.status == 200 and part.body == BIG[1000:501000]
+    assert tail.status == 200 and tail.body == BIG[-10:]
+
+
 # -- configuration --------------------------------------------------------------------------------
 
 
