@@ -287,6 +287,7 @@ def test_nothing_outside_the_directory_is_served(server: Server, target: str) ->
     assert closed
     assert SECRET not in data
     assert data.startswith((b"HTTP/1.1 404 ", b"HTTP/1.1 400 ")), data[:200]
+    server.assert_clean_log()
 
 
 def test_absolute_form_targets_are_checked_too(server: Server) -> None:
