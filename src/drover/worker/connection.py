@@ -225,11 +225,9 @@ class Connection:
             request.keep_alive = False
         environ = request.environ  # the connection's seed with this request's variables
         static = lt.static  # --static-map: files answered before the app (drover.static)
-        if static is not None and environ["PATH_INFO"].startswith(static.prefixes):
-            answer = static.respond(request, lt.server_date)
-            if answer is not None:
-                serve_static(self, request, answer)
-                return
+        if (static is not None and environ["PATH_INFO"].startswith(static.prefixes)
+                and serve_static(self, request, static)):
+            return
         environ["wsgi.input"] = request.body
         response = Response(request, lt.server_date, self)
         if lt.access_log:

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING
 
 from drover.body import EMPTY_INPUT
 from drover.logs import log
+from drover.protocols.http import error_response
 from drover.wsgi import FileWrapper, Response
 
 if TYPE_CHECKING:
     from drover.protocols.request import Request
-    from drover.static import Answer
+    from drover.static import Answer, StaticFiles
     from drover.worker.connection import Connection
 
 BURST = 1 << 20  # bytes per os.sendfile call
@@ -149,9 +150,27 @@ class SendfileJob:
 _STATUS_LINES = {200: "200 OK", 206: "206 Partial Content"}
 
 
-def serve_static(conn: Connection, request: Request, answer: Answer) -> None:
-    """Write a static answer (loop thread, in place of calling the app): in memory, with the
-    answers of this pass of the loop; with a file, its head now and the file by sendfile."""
+def serve_static(conn: Connection, request: Request, static: StaticFiles) -> bool:
+    """Answer a request under a static prefix (loop thread, before the app): False when it is
+    the app's (``--static-fallthrough``). Answers in memory go out with the others of this
+    pass of the loop; a file's head goes now and the file with sendfile."""
+    lt = conn.lt
+    try:
+        answer = static.respond(request, lt.server_date)
+    except Exception:  # a bug here must cost one answer, never the loop thread
+        log.exception("error serving static file %r", request.environ.get("PATH_INFO"))
+        conn.send(error_response(500, "Static file error", lt.server_date))
+        conn.close()
+        if request.body is not EMPTY_INPUT:
+            request.body.close()
+        return True
+    if answer is None:
+        return False
+    _write_static(conn, request, answer)
+    return True
+
+
+def _write_static(conn: Connection, request: Request, answer: Answer) -> None:
     lt = conn.lt
     if answer.fd < 0:
         conn.defer(answer.data)
