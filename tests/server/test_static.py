@@ -386,6 +386,36 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def test_several_threads_share_the_files(drover: DroverLauncher, tree: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    srv = drover.app("probe:hello_app", "--workers", "1", "--threads", "3",
+                     "--static-map", f"/s={tree}")
+    names = ["big.bin", "css/app.css", "docs/index.html", "nope"] * 6
+
+    def fetch(name: str) -> tuple[int, bytes]:
+        response = requests.get(f"{srv.url}/s/{name}", timeout=20)
+        return response.status_code, response.content
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(fetch, names))
+    expected = {"big.bin": (200, BIG), "css/app.css": (200, CSS),
+                "docs/index.html": (200, b"<p>docs</p>"), "nope": (404, b"404 Not Found\n")}
+    assert results == [expected[name] for name in names]
+    srv.assert_clean_log()
+
+
+def test_the_access_log_has_static_answers(drover: DroverLauncher, tree: Path) -> None:
+    srv = drover.app("probe:hello_app", "--workers", "1", "--access-log",
+                     "--static-map", f"/s={tree}")
+    one(srv, "/s/css/app.css")
+    one(srv, "/s/big.bin")
+    one(srv, "/s/nope")
+    srv.wait_for_log(rf'"GET /s/css/app.css HTTP/1.1" 200 {len(CSS)} ')
+    srv.wait_for_log(rf'"GET /s/big.bin HTTP/1.1" 200 {len(BIG)} ')
+    srv.wait_for_log(r'"GET /s/nope HTTP/1.1" 404 ')
+
+
 # -- wsgi.file_wrapper goes the same way ----------------------------------------------------------
 
 
