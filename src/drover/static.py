@@ -37,6 +37,7 @@ import mimetypes
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -378,9 +379,9 @@ _CHANGED = Answer(500, b"")  # _file_answer: the file is not the one that was ch
 
 
 class StaticFiles:
-    """The static maps of one worker and its cache of resolved paths (shared by its loop
-    threads: dict operations are atomic, and two threads building one entry at once is
-    harmless)."""
+    """The static maps of one worker and its cache of resolved paths, shared by its loop
+    threads: reads are single dict operations; changes are made under a lock, and two threads
+    building the entry of one path at once is harmless (the second replaces the first)."""
 
     def __init__(self, maps: Iterable[tuple[str, str]], indexes: Iterable[str] = (),
                  expires: Iterable[tuple[str, int]] = (),
@@ -400,7 +401,8 @@ class StaticFiles:
         self.fallthrough = fallthrough
         self.allow_hidden = allow_hidden
         self.cache: dict[str, Entry] = {}
-        self.cached_bytes = 0
+        self.cached_bytes = 0  # the weight of the entries in the cache
+        self._lock = threading.Lock()  # changes to the cache and cached_bytes
         self.types = mimetypes.MimeTypes()  # the built-in table, read once (not /etc files)
         self._expires_date = ""
         self._expires_lines: dict[int, str] = {}
@@ -568,19 +570,20 @@ class StaticFiles:
             return None
         root, rest = found
         entry = self._resolve(root, rest, path)
-        cache = self.cache
         if old is not None and old.signature == entry.signature and old.kind == entry.kind:
             old.checked = time.monotonic()  # unchanged: keep the content and built heads
             return old
-        if old is not None:
-            self.cached_bytes -= old.weight
-            cache.pop(path, None)
-        elif len(cache) >= CACHE_ENTRIES:
-            oldest = next(iter(cache))  # the entry inserted first
-            self.cached_bytes -= cache.pop(oldest).weight
-        self._fill(entry)
+        self._fill(entry)  # reads small files: outside the lock
         entry.checked = time.monotonic()
-        cache[path] = entry
+        with self._lock:  # loop threads of one worker share the cache
+            cache = self.cache
+            replaced = cache.pop(path, None)
+            if replaced is not None:
+                self.cached_bytes -= replaced.weight
+            while len(cache) >= CACHE_ENTRIES:
+                self.cached_bytes -= cache.pop(next(iter(cache))).weight  # the oldest
+            cache[path] = entry
+            self.cached_bytes += entry.weight
         return entry
 
     def _inside(self, root: str, path: str) -> str | None:
@@ -665,11 +668,10 @@ class StaticFiles:
             variant.lines = (f"Content-Type: {content_type}\r\n{coding}Last-Modified: "
                              f"{variant.last_modified}\r\nAccept-Ranges: bytes\r\n{validators}")
             if (variant.size <= SMALL_FILE
-                    and self.cached_bytes + variant.size <= CACHE_BYTES):
+                    and self.cached_bytes + entry.weight + variant.size <= CACHE_BYTES):
                 variant.body = self._read(variant)
                 if variant.body is not None:
                     entry.weight += variant.size
-                    self.cached_bytes += variant.size
 
     def _read(self, variant: Variant) -> bytes | None:
         """The content of a small file, if it is still the file that was stat'ed."""

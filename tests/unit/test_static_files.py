@@ -355,6 +355,23 @@ def test_the_cache_is_bounded(tree: Path, monkeypatch: Any) -> None:
     for i in range(50):
         files.respond(request(f"/s/missing-{i}"), "")
     assert len(files.cache) <= 8
+    for i in range(50):  # small files: their content is counted and released
+        (tree / f"f{i}.txt").write_bytes(b"x" * 1000)
+        files.respond(request(f"/s/f{i}.txt"), "")
+    assert len(files.cache) <= 8
+    assert files.cached_bytes == sum(entry.weight for entry in files.cache.values()) <= 8000
+
+
+def test_cached_content_stays_within_its_budget(tree: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr("drover.static.CACHE_BYTES", 2500)
+    files = StaticFiles([("/s", str(tree))])
+    for i in range(5):
+        (tree / f"g{i}.txt").write_bytes(b"y" * 1000)
+        answer = files.respond(request(f"/s/g{i}.txt"), "")
+        assert answer is not None and answer.status == 200
+        if answer.fd >= 0:  # beyond the budget: served from the file
+            os.close(answer.fd)
+    assert files.cached_bytes == 2000
 
 
 def test_content_types_and_charsets(tree: Path) -> None:
