@@ -388,13 +388,12 @@ class StaticFiles:
                  expires_uri: Iterable[tuple[str, int]] = (), fallthrough: bool = False,
                  allow_hidden: bool = False) -> None:
         """Runs in the worker at start-up. ``maps``: (URL prefix, directory)."""
-        mounts = []
+        roots: dict[str, list[str]] = {}  # prefix -> its directories, tried in order
         for prefix, directory in maps:
-            prefix = prefix.rstrip("/")
-            mounts.append((prefix, prefix + "/", os.path.realpath(directory)))
-        mounts.sort(key=lambda m: len(m[0]), reverse=True)  # the longest prefix wins
-        self.mounts = mounts
-        self.prefixes = tuple(m[0] for m in mounts)  # for the connection's str.startswith
+            roots.setdefault(prefix.rstrip("/"), []).append(os.path.realpath(directory))
+        self.mounts = [(prefix, prefix + "/", tuple(dirs)) for prefix, dirs in
+                       sorted(roots.items(), key=lambda m: len(m[0]), reverse=True)]
+        self.prefixes = tuple(m[0] for m in self.mounts)  # for the connection's startswith
         self.indexes = tuple(indexes)
         self.expires = [(re.compile(rx), seconds) for rx, seconds in expires]
         self.expires_uri = [(re.compile(rx), seconds) for rx, seconds in expires_uri]
@@ -555,21 +554,24 @@ class StaticFiles:
 
     # -- resolving (loop thread, at most once a second per path) ------------------------------
 
-    def mount_for(self, path: str) -> tuple[str, str] | None:
-        """(the directory, the rest of the path) of the longest prefix ``path`` is under."""
-        for prefix, prefix_slash, root in self.mounts:
+    def mount_for(self, path: str) -> tuple[tuple[str, ...], str] | None:
+        """(the directories, the rest of the path) of the longest prefix ``path`` is under."""
+        for prefix, prefix_slash, roots in self.mounts:
             if path.startswith(prefix_slash):
-                return root, path[len(prefix):]
+                return roots, path[len(prefix):]
             if path == prefix:
-                return root, ""
+                return roots, ""
         return None
 
     def _lookup(self, path: str, old: Entry | None) -> Entry | None:
         found = self.mount_for(path)
         if found is None:
             return None
-        root, rest = found
-        entry = self._resolve(root, rest, path)
+        roots, rest = found
+        for root in roots:  # one prefix mapped to several directories: the first that has it
+            entry = self._resolve(root, rest, path)
+            if entry.kind != MISSING:
+                break
         if old is not None and old.signature == entry.signature and old.kind == entry.kind:
             old.checked = time.monotonic()  # unchanged: keep the content and built heads
             return old

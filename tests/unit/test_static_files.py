@@ -327,6 +327,20 @@ def test_longest_prefix_wins(tree: Path) -> None:
     assert status(files, request("/s/css/index.html")) == 200
 
 
+def test_one_prefix_over_several_directories(tree: Path, tmp_path: Path) -> None:
+    """Like uWSGI's repeated static-map: the directories are tried in the order given."""
+    other = tmp_path / "other"
+    (other / "css").mkdir(parents=True)
+    (other / "css" / "a.css").write_text("shadowed")
+    (other / "only-here.txt").write_text("found")
+    files = StaticFiles([("/s", str(tree)), ("/s/", str(other))])
+    first = files.respond(request("/s/css/a.css"), "")
+    assert first is not None and first.data.endswith(b"body{}")
+    second = files.respond(request("/s/only-here.txt"), "")
+    assert second is not None and second.data.endswith(b"found")
+    assert status(files, request("/s/nowhere")) == 404
+
+
 def test_small_files_are_answered_from_memory_and_large_ones_by_file(tree: Path) -> None:
     files = StaticFiles([("/s", str(tree))])
     small = files.respond(request("/s/css/a.css"), "")

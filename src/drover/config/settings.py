@@ -325,8 +325,9 @@ class Config:
         (), STATIC,
         "Serve the files under DIR at the URL prefix PREFIX, before the app is called (GET and "
         "HEAD; conditional requests, byte ranges, precompressed .br/.gz siblings). Repeat for "
-        "several; the longest matching prefix wins. A relative DIR is taken from the directory "
-        "Drover starts in. Served on HTTP and uwsgi sockets alike.",
+        "several; the longest matching prefix wins, and a prefix given several times tries "
+        "its directories in order. A relative DIR is taken from the directory Drover starts "
+        "in. Served on HTTP and uwsgi sockets alike.",
         parse_static_map, flags=("--static-map",), metavar="PREFIX=DIR", multi=True)
     static_index: tuple[str, ...] = setting(
         (), STATIC,
