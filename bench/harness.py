@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import static_files  # bench/static_files.py: the static-file scenarios' files and peers
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 APPS_DIR = BENCH_DIR / "apps"
@@ -82,6 +84,7 @@ class Workload:
     method: str = "GET"
     body: bytes = b""
     script: str = "report.lua"
+    path: str = "/"  # what is requested
     check: Callable[[bytes], str | None] = lambda _body: None  # error message or None
 
 
@@ -124,6 +127,10 @@ BIG_POST = Workload(
     check=expect_exact(str(10 * MIB).encode()),
 )
 SLEEPY = Workload(app="sleep", connections=4 * SLEEP_THREADS, check=expect_exact(b"slept 20 ms"))
+STATIC_10K = Workload(app="hello", connections=50, path="/static/10k.bin",
+                      check=expect_length(static_files.FILES["10k.bin"]))
+STATIC_1M = Workload(app="hello", connections=8, path="/static/1m.bin",
+                     check=expect_length(static_files.FILES["1m.bin"]))
 
 
 # --------------------------------------------------------------------------- servers
@@ -137,6 +144,7 @@ class Launch:
     port: int
     threads: int
     protocol: Protocol
+    static_dir: str = ""  # the static scenarios: the folder served at /static/
 
 
 @dataclass(frozen=True)
@@ -215,6 +223,8 @@ def drover_command(launch: Launch) -> list[str]:
     cmd += ["--threads", str(launch.threads), "--chdir", str(APPS_DIR)]
     if "--pythonpath" in drover_help():
         cmd += ["--pythonpath", str(APPS_DIR)]
+    if launch.static_dir:
+        cmd += static_files.drover_args(launch.static_dir)
     return [*cmd, f"{launch.module}:app"]
 
 
@@ -341,8 +351,33 @@ def granian_command(launch: Launch) -> list[str]:
         "2048",
         "--working-dir",
         str(APPS_DIR),
+        *(static_files.granian_args(launch.static_dir) if launch.static_dir else []),
         f"{launch.module}:app",
     ]
+
+
+# Static files: nginx itself, and WhiteNoise under Gunicorn ---------------------------------
+
+
+def nginx_static_command(launch: Launch) -> list[str]:
+    binary = nginx_binary() or "nginx"
+    prefix = Path(launch.static_dir).parent / f"nginx-static-{launch.port}"
+    return static_files.nginx_command(binary, prefix, HOST, launch.port, launch.static_dir)
+
+
+def nginx_static_unavailable(_protocol: Protocol) -> str | None:
+    return None if nginx_binary() else "nginx is not installed"
+
+
+def whitenoise_command(launch: Launch) -> list[str]:
+    cmd = gunicorn_command(dataclasses.replace(launch, module="static_whitenoise"))
+    return [*cmd[:-1], *static_files.gunicorn_env_args(launch.static_dir), cmd[-1]]
+
+
+def whitenoise_unavailable(protocol: Protocol) -> str | None:
+    if importlib.util.find_spec("whitenoise") is None:
+        return "whitenoise not installed"
+    return gunicorn_unavailable(protocol)
 
 
 # Waitress ----------------------------------------------------------------------------
@@ -427,6 +462,22 @@ SERVERS: dict[str, ServerDef] = {
             lambda: dist_version("waitress"),
         ),
         ServerDef(
+            "nginx",
+            "nginx (static files)",
+            frozenset({"http"}),
+            nginx_static_command,
+            nginx_static_unavailable,
+            lambda: tool_version([nginx_binary() or "nginx", "-v"]).split("/")[-1],
+        ),
+        ServerDef(
+            "whitenoise",
+            "WhiteNoise + Gunicorn gthread",
+            frozenset({"http"}),
+            whitenoise_command,
+            whitenoise_unavailable,
+            lambda: f"{dist_version('whitenoise')} (Gunicorn {dist_version('gunicorn')})",
+        ),
+        ServerDef(
             "bjoern",
             "bjoern",
             frozenset({"http"}),
@@ -438,6 +489,13 @@ SERVERS: dict[str, ServerDef] = {
 }
 
 ALL_DIRECT = ("drover", "granian", "bjoern", "gunicorn", "uwsgi", "waitress")
+STATIC_SERVERS = ("drover", "nginx", "granian", "whitenoise")
+STATIC_NOTE = (
+    "Each server serves the same folder at /static/: Drover with --static-map, nginx with "
+    "`alias` (sendfile on, tcp_nopush on, 1 worker process, on the server core like the "
+    "others), Granian with its static mount, WhiteNoise in front of the hello app under "
+    "Gunicorn gthread."
+)
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -452,6 +510,7 @@ class Scenario:
     threads: int = 1
     front: Front = "direct"
     note: str = ""
+    static: bool = False  # the servers serve static_files' folder (Launch.static_dir)
 
     @property
     def protocol(self) -> Protocol:
@@ -497,6 +556,22 @@ SCENARIOS: tuple[Scenario, ...] = (
         note=f"Ideal: {SLEEP_THREADS} / {SLEEP_SECONDS} s = {IDEAL_BLOCKING_RPS:.0f} req/s.",
     ),
     Scenario("c1000", "6. 1,000 concurrent keep-alive connections (hello)", HELLO_1000, ALL_DIRECT),
+    Scenario(
+        "static_10k",
+        "7a. Static file, 10 KiB (50 connections)",
+        STATIC_10K,
+        STATIC_SERVERS,
+        static=True,
+        note=STATIC_NOTE,
+    ),
+    Scenario(
+        "static_1m",
+        "7b. Static file, 1 MiB (8 connections)",
+        STATIC_1M,
+        STATIC_SERVERS,
+        static=True,
+        note=STATIC_NOTE,
+    ),
 )
 SCENARIO_KEYS = tuple(s.key for s in SCENARIOS)
 
@@ -704,7 +779,7 @@ def http_request(port: int, workload: Workload) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=CHECK_TIMEOUT)
     try:
         headers = {"Content-Type": "application/octet-stream"} if workload.body else {}
-        conn.request(workload.method, "/", body=workload.body or None, headers=headers)
+        conn.request(workload.method, workload.path, body=workload.body or None, headers=headers)
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -715,8 +790,8 @@ def uwsgi_request(port: int, workload: Workload) -> tuple[int, bytes]:
     """One request in the uwsgi binary protocol, as nginx's uwsgi_pass sends it."""
     variables = {
         "REQUEST_METHOD": workload.method,
-        "REQUEST_URI": "/",
-        "PATH_INFO": "/",
+        "REQUEST_URI": workload.path,
+        "PATH_INFO": workload.path,
         "QUERY_STRING": "",
         "SERVER_PROTOCOL": "HTTP/1.1",
         "SERVER_NAME": HOST,
@@ -1004,7 +1079,12 @@ class Runner:
             log(f"  {server.name}: UNAVAILABLE - {reason}")
             return
         port = free_port()
-        launch = Launch(scenario.workload.app, port, scenario.threads, scenario.protocol)
+        static_dir = ""
+        if scenario.static:
+            static_dir = str(static_files.make_files(self.settings.workdir / "static"))
+        launch = Launch(
+            scenario.workload.app, port, scenario.threads, scenario.protocol, static_dir
+        )
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **server.extra_env()}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(APPS_DIR), env.get("PYTHONPATH", "")) if p
@@ -1084,7 +1164,7 @@ class Runner:
             process, port = live[outcome.server]
             try:
                 run_wrk(
-                    f"http://{HOST}:{port}/",
+                    f"http://{HOST}:{port}{scenario.workload.path}",
                     scenario.workload,
                     self.settings.warmup,
                     self.settings.pin,
@@ -1103,7 +1183,7 @@ class Runner:
         process, port = live[outcome.server]
         try:
             result = run_wrk(
-                f"http://{HOST}:{port}/",
+                f"http://{HOST}:{port}{scenario.workload.path}",
                 scenario.workload,
                 self.settings.duration,
                 self.settings.pin,
@@ -1178,6 +1258,18 @@ def evaluate_targets(results: dict[str, ScenarioResult]) -> list[TargetResult]:
             results, "nginx_uwsgi", "uwsgi", 1.0, "nginx uwsgi_pass: Drover >= 1.0x uWSGI"
         ),
     ]
+
+    for key, size in (("static_1m", "1 MiB"), ("static_10k", "10 KiB")):
+        share = 0.8 if key == "static_1m" else 0.5
+        targets.append(
+            ratio_target(results, key, "nginx", share, f"Static {size}: Drover >= {share}x nginx")
+        )
+        for peer in ("granian", "whitenoise"):
+            targets.append(
+                ratio_target(
+                    results, key, peer, 1.0, f"Static {size}: Drover ahead of {SERVERS[peer].name}"
+                )
+            )
 
     ideal = IDEAL_BLOCKING_RPS
     label = f"Blocking app: >= 90% of ideal {ideal:.0f} req/s"

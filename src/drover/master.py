@@ -48,6 +48,9 @@ SIGNAL_NAMES: dict[int, str] = {
     signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld",
     signal.SIGUSR1: "usr1", signal.SIGUSR2: "usr2", signal.SIGWINCH: "winch"}
 
+_WORKER_IGNORES = frozenset((signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
+                             signal.SIGWINCH))
+
 
 @dataclass
 class WorkerProcess:
@@ -294,7 +297,10 @@ class Master:
             try:
                 signal.set_wakeup_fd(-1)
                 for signum in SIGNAL_NAMES:
-                    signal.signal(signum, signal.SIG_DFL)
+                    # Operators' signals meant for the master are ignored from here on, not
+                    # only once run_worker is imported: its imports take milliseconds.
+                    signal.signal(signum, signal.SIG_IGN if signum in _WORKER_IGNORES
+                                  else signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_NAMES)
                 os.close(read_fd)
                 for other in self.workers.values():

@@ -300,13 +300,17 @@ def write_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
 def file_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """Returns ``wsgi.file_wrapper(open(path, 'rb'), blksize)`` for ``?path=``.
 
-    ``cl=0`` leaves Content-Length out.
+    ``cl=0`` leaves Content-Length out; ``offset=N`` seeks first and ``length=N`` announces
+    that many bytes (a part of the file).
     """
     q = query(environ)
     f = open(q["path"], "rb")  # noqa: SIM115 - the file wrapper closes it
+    offset = int_arg(q, "offset", 0)
+    f.seek(offset)
     headers = [("Content-Type", "application/octet-stream")]
     if q.get("cl", "1") != "0":
-        headers.append(("Content-Length", str(os.fstat(f.fileno()).st_size)))
+        size = os.fstat(f.fileno()).st_size - offset
+        headers.append(("Content-Length", str(int_arg(q, "length", size))))
     start_response("200 OK", headers)
     blksize = int_arg(q, "blksize", 8192)
     wrapper = environ.get("wsgi.file_wrapper")

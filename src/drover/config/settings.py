@@ -27,6 +27,7 @@ SOCKETS = "Sockets"
 APP = "Application"
 PROCESSES = "Processes"
 HTTP = "HTTP limits and timeouts"
+STATIC = "Static files"
 LOGGING = "Logging"
 
 
@@ -156,6 +157,33 @@ def parse_mount(text: str) -> str:
     if not prefix.startswith("/") and prefix != "":
         raise ValueError(f"{text!r}: the prefix must start with '/'")
     return f"{prefix.rstrip('/')}={app.strip()}"
+
+
+def parse_static_map(text: str) -> str:
+    """``PREFIX=DIR`` -> ``PREFIX=/absolute/DIR``; DIR must be a directory now (relative to
+    the directory Drover was started in)."""
+    prefix, sep, directory = text.partition("=")
+    prefix, directory = prefix.strip(), directory.strip()
+    if not sep or not directory:
+        raise ValueError(f"{text!r} is not PREFIX=DIR (e.g. /static=/srv/mysite/static)")
+    if not prefix.startswith("/"):
+        raise ValueError(f"{text!r}: the prefix must start with '/'")
+    if not os.path.isdir(directory):
+        raise ValueError(f"{directory!r} is not a directory")
+    return f"{prefix.rstrip('/') or '/'}={os.path.abspath(directory)}"
+
+
+def parse_file_name(text: str) -> str:
+    name = text.strip()
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"{text!r} is not a file name (e.g. index.html)")
+    return name
+
+
+def parse_expires_rule(text: str) -> tuple[str, int]:
+    from drover.static import split_rule
+
+    return split_rule(text)
 
 
 def parse_log_level(text: str) -> str:
@@ -291,6 +319,41 @@ class Config:
     max_connections: int = setting(
         4096, HTTP, "Most open connections per worker thread; beyond, Drover stops accepting.",
         positive_int, flags=("--max-connections",), metavar="N")
+
+    # -- Static files
+    static_map: tuple[str, ...] = setting(
+        (), STATIC,
+        "Serve the files under DIR at the URL prefix PREFIX, before the app is called (GET and "
+        "HEAD; conditional requests, byte ranges, precompressed .br/.gz siblings). Repeat for "
+        "several; the longest matching prefix wins, and a prefix given several times tries "
+        "its directories in order. A relative DIR is taken from the directory Drover starts "
+        "in. Served on HTTP and uwsgi sockets alike.",
+        parse_static_map, flags=("--static-map",), metavar="PREFIX=DIR", multi=True)
+    static_index: tuple[str, ...] = setting(
+        (), STATIC,
+        "File served for a directory under a static prefix (e.g. index.html). Repeat to try "
+        "several in order. A directory without one is a 404, never a listing.",
+        parse_file_name, flags=("--static-index",), metavar="NAME", multi=True)
+    static_expires: tuple[tuple[str, int], ...] = setting(
+        (), STATIC,
+        "'REGEX SECONDS' as one value: a static file whose path on disk matches REGEX (searched, "
+        "not anchored) is sent with Cache-Control max-age=SECONDS and Expires. Repeat for "
+        "several; the first match wins.",
+        parse_expires_rule, flags=("--static-expires",), metavar="'REGEX SECONDS'", multi=True)
+    static_expires_uri: tuple[tuple[str, int], ...] = setting(
+        (), STATIC,
+        "Like --static-expires, matched against the request path instead (e.g. "
+        "'^/static/.*[.]css$ 86400'); tried after the --static-expires rules.",
+        parse_expires_rule, flags=("--static-expires-uri",), metavar="'REGEX SECONDS'",
+        multi=True)
+    static_fallthrough: bool = setting(
+        False, STATIC,
+        "A path under a static prefix with no file to serve goes to the app instead of a 404.",
+        parse_bool, flags=("--static-fallthrough",), switch=True)
+    static_allow_hidden: bool = setting(
+        False, STATIC,
+        "Serve files and directories whose name starts with a dot (refused by default).",
+        parse_bool, flags=("--static-allow-hidden",), switch=True)
 
     # -- Logging
     log_level: str = setting(

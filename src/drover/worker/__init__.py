@@ -32,7 +32,8 @@ their deadline (header, body/write progress, or keep-alive idle).
 
 Modules: ``process`` (the process and its main thread: signals, heartbeat, accepting for
 several threads), ``loop_thread`` (one event loop and its connections), ``connection`` (one
-client connection: parse, call the app, write), ``sendfile`` (files sent with os.sendfile).
+client connection: parse, call the app, write), ``sendfile`` (files sent with os.sendfile:
+wsgi.file_wrapper, and the static files of ``drover.static``, answered before the app).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from drover.loop import Transport
 from drover.protocols.http import HttpConnection, error_response
 from drover.protocols.request import ContinueRequest, ProtocolError, Request
 from drover.protocols.uwsgi import UwsgiConnection
-from drover.worker.sendfile import SendfileJob
+from drover.worker.sendfile import SendfileJob, serve_static
 from drover.wsgi import (
     FileWrapper,
     Response,
@@ -225,6 +225,10 @@ class Connection:
         if not lt.keepalive:
             request.keep_alive = False
         environ = request.environ  # the connection's seed with this request's variables
+        static = lt.static  # --static-map: files answered before the app (drover.static)
+        if (static is not None and environ["PATH_INFO"].startswith(static.prefixes)
+                and serve_static(self, request, static)):
+            return
         environ["wsgi.input"] = request.body
         response = Response(request, lt.server_date, self)
         if lt.access_log:
@@ -270,7 +274,7 @@ class Connection:
                 return
             if type(result) is FileWrapper and SendfileJob.usable(result):
                 self._begin_response(request, response, result)
-                self.sendfile_job = SendfileJob(self, result)
+                self.sendfile_job = SendfileJob.for_wrapper(self, result)
                 self.sendfile_job.start()
                 return
             self._begin_response(request, response, result)
@@ -282,7 +286,7 @@ class Connection:
         self.stream(first=True)
 
     def _begin_response(self, request: Request, response: Response,
-                        result: Iterable[bytes]) -> None:
+                        result: Iterable[bytes] | None) -> None:
         """A response that may outlive this callback (streamed or sent from a file)."""
         self.request, self.response, self.result = request, response, result
         self.busy = True

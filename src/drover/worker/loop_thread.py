@@ -50,6 +50,7 @@ class LoopThread:
         self.keepalive = worker.config.keepalive_timeout > 0
         self.max_connections = worker.config.max_connections
         self.access_log = worker.config.access_log
+        self.static = worker.static  # None without --static-map
         self.now = self.loop.time()
         self.clock = self.loop.time  # deadlines are precise; the tick checks them each second
         self.header_timeout = worker.config.header_timeout

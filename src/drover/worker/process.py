@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drover.config import Config
 from drover.logs import log
@@ -19,6 +19,9 @@ from drover.sockets import Listener
 from drover.worker.connection import Connection, UwsgiHandler
 from drover.worker.loop_thread import LoopThread
 from drover.wsgi import base_environ
+
+if TYPE_CHECKING:
+    from drover.static import StaticFiles
 
 EXIT_APP_LOAD = 3  # the worker could not load the app: the master must not respawn in a loop
 
@@ -54,6 +57,11 @@ class Worker:
             self.uwsgi_networks = [
                 ipaddress.ip_network(net, strict=False)
                 for net in (config.uwsgi_allow_from or ("127.0.0.0/8", "::1/128"))]
+        self.static: StaticFiles | None = None
+        if config.static_map:  # imported only when used: it adds to every worker's start-up
+            from drover.static import StaticFiles
+
+            self.static = StaticFiles.from_config(config)
         self.threads = [LoopThread(self, i) for i in range(config.threads)]
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
