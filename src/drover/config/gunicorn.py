@@ -92,14 +92,14 @@ NAMES: dict[str, Name] = {
     "umask": Name("umask", missing=Missing(
         "set the umask before starting Drover (systemd UMask=)", 11)),
     "forwarded_allow_ips": Name("forwarded-allow-ips", missing=Missing(
-        "until issue #14, REMOTE_ADDR is the proxy's address", 14, refuse=False)),
+        "REMOTE_ADDR is the proxy's address", 14, refuse=False)),
     "secure_scheme_headers": Name("forwarded-allow-ips", missing=Missing(
-        "until issue #14, wsgi.url_scheme is the scheme of the connection to Drover", 14,
+        "wsgi.url_scheme is the scheme of the connection to Drover", 14,
         refuse=False)),
     "proxy_protocol": Name("proxy-protocol", missing=Missing(
-        "PROXY protocol arrives with issue #14", 14)),
+        "let nginx take the PROXY protocol and pass the request on", 14)),
     "proxy_allow_ips": Name("forwarded-allow-ips", missing=Missing(
-        "PROXY protocol arrives with issue #14", 14)),
+        "let nginx take the PROXY protocol and pass the request on", 14)),
     "wsgi_app": Name("app"),
     "backlog": Name("backlog"),
     "proc_name": Name("proc-name"),
@@ -124,11 +124,12 @@ NAMES: dict[str, Name] = {
     "ca_certs": Name(missing=_TLS),
     "ssl_version": Name(missing=_TLS),
     "cert_reqs": Name(missing=_TLS),
-    "statsd_host": Name(missing=Missing("use the stats server (issue #12)", 12,
-                                        refuse=False)),
+    "statsd_host": Name(missing=Missing(
+        "Drover's stats server and Prometheus metrics (issue #12) are read, not pushed",
+        refuse=False)),
     "access_log_format": Name(missing=Missing(
-        "--log-format (issue #12) takes uWSGI's variables; Gunicorn's atoms do not carry "
-        "over", 12, refuse=False)),
+        "Gunicorn's %(h)s atoms are not uWSGI's variables, which --log-format (issue #12) "
+        "takes: rewrite the format", refuse=False)),
     "logconfig": Name(missing=Missing("Drover logs to stderr", refuse=False)),
     "logconfig_dict": Name(missing=Missing("Drover logs to stderr", refuse=False)),
     "logger_class": Name(missing=Missing("Drover logs to stderr", refuse=False)),

@@ -69,6 +69,7 @@ LOGIC_KEYS = frozenset({
 DIRECTIVE_KEYS = END_KEYS | LOAD_KEYS | PLACEHOLDER_KEYS | LOGIC_KEYS | {"strict"}
 
 MAX_EXPANSIONS = 1000  # placeholders that expand to themselves would loop for ever
+MAX_VALUE = 1 << 16  # ... or grow without end
 
 
 @dataclass(slots=True)
@@ -159,8 +160,13 @@ class IniReader:
             with open(path, encoding="utf-8", errors="surrogateescape") as handle:
                 text = handle.read()
         except OSError as exc:
+            hint = ""
+            beside = os.path.join(os.path.dirname(self._last_file), path)
+            if self._last_file and not os.path.isabs(path) and os.path.exists(beside):
+                hint = ("; a relative path is read from the working directory, as uWSGI "
+                        f"does: write %d{path} for the one beside {self._last_file}")
             raise ConfigError(f"ini: cannot read {path!r}: {exc.strerror or exc} "
-                              f"(from {where})") from None
+                              f"(from {where}){hint}") from None
         self._fill_magic(path, asked)
         self._last_file = path
         current = ""
@@ -397,12 +403,13 @@ class IniReader:
                                 f"{_UNRESOLVED[symbol]}; it stays as written ({option.origin})")
                         else:
                             expansions += 1
-                            if expansions > MAX_EXPANSIONS:
+                            if expansions > MAX_EXPANSIONS or len(result) > MAX_VALUE:
                                 self.errors.append(
                                     f"{option.key}: its placeholders expand without end "
                                     f"({option.origin})")
                                 return value
                             value = value[:start - 2] + result + value[start + has - 1:]
+                            option.value = value  # uWSGI rewrites the entry in place
                             j = 0
                         has, start = 0, -1
                 else:

@@ -149,7 +149,7 @@ NOT_NEEDED: dict[str, str] = {
 
 _STATIC = "serve the files from nginx (location + alias) until --static-map exists"
 _ROUTE = ("uWSGI's internal routing is not available: do it in nginx or in the app "
-          "(health checks kept out of the access log are the exception, with --log-exclude)")
+          "('route = REGEX donotlog:' becomes --log-exclude once issue #12 adds it)")
 
 MISSING: dict[str, Missing] = {
     # pending: other issues add these settings under the same name
@@ -170,7 +170,8 @@ MISSING: dict[str, Missing] = {
     "pidfile": Missing("let systemd track the process, or write the pid from the start "
                        "script", 11),
     "daemonize": Missing("run Drover in the foreground under systemd or supervisord", 11),
-    "stats": Missing("the stats server arrives with issue #12", 12, refuse=False),
+    "stats": Missing("uwsgitop and the exporters have nothing to read until then", 12,
+                     refuse=False),
     "stats-http": Missing("see stats", 12, refuse=False),
     "log-format": Missing("access log lines have Drover's fixed format until --log-format "
                           "exists", 12, refuse=False),
@@ -271,9 +272,11 @@ def describe(key: str) -> str:
     missing = find_missing(key)
     if missing is not None:
         return f"{missing.status}: {missing.advice}"
-    if key.startswith(("if-", "for", "end")) or key in ("ini", "include", "inherit", "strict",
+    if key == "strict":
+        return "read by the ini reader: every unknown or missing option stops the start"
+    if key.startswith(("if-", "for", "end")) or key in ("ini", "include", "inherit",
                                                         "set-placeholder", "set-ph", "else"):
-        return "read by the ini reader"
+        return "read by the ini reader, as uWSGI reads it"
     return "unknown"
 
 
