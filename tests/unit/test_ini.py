@@ -51,9 +51,8 @@ def notes(tmp_path: Path, text: str) -> list[str]:
 
 
 def uwsgi_show_config(path: Path, environ: dict[str, str]) -> list[tuple[str, str]]:
-    """The option list real uWSGI builds from ``path`` (its --show-config), without starting:
-    an unknown --clock stops it right after printing."""
-    pytest.importorskip("pyuwsgi")
+    """The option list real uWSGI (the pyuwsgi wheel, a test dependency) builds from ``path``
+    (its --show-config), without starting: an unknown --clock stops it right after printing."""
     done = subprocess.run(
         [sys.executable, "-c", "import sys, pyuwsgi; pyuwsgi.run(sys.argv[1:])", "--ini",
          str(path), "--show-config", "--clock", "drover-test-none"],
@@ -367,28 +366,27 @@ def test_pending_options_name_their_issue(tmp_path: Path) -> None:
         "redirect it, or let systemd's journal keep it; starting without it"]
 
 
-def test_a_setting_added_to_the_table_is_an_ini_key_at_once(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """The readers look settings up by flag at run time: a --harakiri added to the table by
-    another change is read from harakiri = ... without touching the ini reader."""
+def test_a_setting_added_to_the_table_is_an_ini_key_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader looks settings up by flag when it runs: a --harakiri added to the table by
+    another change is read from 'harakiri = 30' with no change to the reader's tables."""
     import dataclasses
 
-    from drover.config import settings
+    from drover.config import settings, uwsgi_names
 
-    fields = dataclasses.fields(settings.Config)
+    info = settings.SettingInfo(settings.PROCESSES, ("--harakiri",), "test", settings.positive_int)
+    extra = dataclasses.field(default=0, metadata={"drover": info})
+    extra.name = "harakiri"
     real = settings.setting_infos()
-    fake_field = dataclasses.field(default=0, metadata={"drover": settings.SettingInfo(
-        settings.PROCESSES, ("--harakiri",), "test", settings.positive_int, "S")})
-    fake_field.name = "harakiri"
-    assert fields  # the real table is there
-    monkeypatch.setattr(settings, "setting_infos",
-                        lambda: [*real, (fake_field, fake_field.metadata["drover"])])
-    from drover.config import uwsgi_names
-
-    monkeypatch.setattr(uwsgi_names, "setting_infos", settings.setting_infos)
-    keys = uwsgi_names.ini_keys()
-    assert keys["harakiri"] == "harakiri"
+    monkeypatch.setattr(uwsgi_names, "setting_infos", lambda: [*real, (extra, info)])
     assert uwsgi_names.describe("harakiri") == "`--harakiri`"
+    reader = read_ini([(str(write(tmp_path, "h.ini", "[uwsgi]\nharakiri = 30\n")), "test")], {})
+    from drover.config.sources import Report
+
+    report = Report()
+    raws = uwsgi_names.translate(reader.options, False, set(), report)
+    assert [(raw.name, raw.text, raw.key) for raw in raws] == [("harakiri", "30", "harakiri")]
+    assert report.errors == report.notes == []
 
 
 def test_unknown_keys_warn_with_did_you_mean_and_placeholders_pass(tmp_path: Path) -> None:

@@ -228,23 +228,29 @@ def read_gunicorn(path: str, environ: Mapping[str, str], report: Report) -> list
                        else [statement.target])
             if len(targets) != 1 or not isinstance(targets[0], ast.Name) or \
                     statement.value is None:
-                report.error(f"{origin}: {ast.unparse(statement)!r} is not supported: "
+                report.error(f"{origin}: {_source(source, statement)!r} is not supported: "
                              "Drover reads only 'name = value' lines")
                 continue
             name = targets[0].id
             try:
                 value = evaluator.value(statement.value)
             except (_Unsupported, ValueError, TypeError):
-                report.error(f"{origin}: {name} = {ast.unparse(statement.value)} is computed, "
+                report.error(f"{origin}: {name} = {_source(source, statement.value)} is "
+                             "computed, "
                              "which is not supported: Drover reads plain values, the CPU count "
                              "and os.environ.get(); write the value, or pass it with "
                              "--" + name.replace("_", "-") + " or a DROVER_ variable")
                 continue
             raws += _translate(name, value, origin, keys, report)
             continue
-        report.error(f"{origin}: a {type(statement).__name__.lower()} statement is not "
+        kind = type(statement).__name__.lower()
+        report.error(f"{origin}: {'an' if kind[0] in 'aeiou' else 'a'} {kind} statement is not "
                      "supported: Drover reads only 'name = value' lines")
     return raws
+
+
+def _source(source: str, node: ast.AST) -> str:
+    return ast.get_source_segment(source, node) or ast.unparse(node)
 
 
 def _translate(name: str, value: Any, origin: str, keys: dict[str, str],
