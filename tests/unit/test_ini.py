@@ -157,6 +157,7 @@ ini = :extra
 ini = base.ini
 ini = base.ini:other
 after = %(from-base)
+name-after-include = %n
 
 [extra]
 threads = 8
@@ -298,8 +299,8 @@ http-timeout = 60
     ("mount = /a=a.py\nmount = /b=b:app\ncallable = app\nmanage-script-name", "mount",
      ("/a=a.py:app", "/b=b:app")),
     ("http = :8080\nhttp-socket = 127.0.0.1:8081", "http", (":8080", "127.0.0.1:8081")),
-    ("socket = /run/a.sock\nuwsgi-socket = 127.0.0.1:3031", "uwsgi",
-     ("/run/a.sock", "127.0.0.1:3031")),
+    ("socket = /run/a.sock\nuwsgi-socket = 127.0.0.1:3031\nsocket = app.sock", "uwsgi",
+     ("/run/a.sock", "127.0.0.1:3031", "unix:app.sock")),
     ("workers = 3", "workers", 3),
     ("processes = 3\nprocesses = 5", "workers", 5),
     ("pythonpath = /a\npython-path = /b\npp = /c", "pythonpath", ("/a", "/b", "/c")),
@@ -414,15 +415,21 @@ def test_strict_mode_makes_a_typo_an_error_naming_its_line(tmp_path: Path) -> No
 def test_bad_values_in_a_file_are_each_named_with_line_value_and_expectation(
         tmp_path: Path) -> None:
     found = problems(tmp_path, "[uwsgi]\nprocesses = many\nchmod-socket = 999\n"
-                               "http = nowhere\nbuffer-size = 0\n")
+                               "http = 127.0.0.1:99999\nbuffer-size = 0\n")
     ini = f"{tmp_path}/uwsgi.ini"
     assert found == [
         f"{ini}:2: processes = many: 'many' is not a whole number (Drover's --workers)",
         f"{ini}:3: chmod-socket = 999: '999' is not an octal file mode such as 660 "
         "(Drover's --chmod-socket)",
-        f"{ini}:4: http = nowhere: 'nowhere' is not HOST:PORT, :PORT or a unix socket path "
+        f"{ini}:4: http = 127.0.0.1:99999: '127.0.0.1:99999' has no valid port (0-65535) "
         "(Drover's --http)",
         f"{ini}:5: buffer-size = 0: 0 is below the minimum of 1 (Drover's --buffer-size)"]
+
+
+def test_abstract_unix_socket_is_refused(tmp_path: Path) -> None:
+    assert problems(tmp_path, "[uwsgi]\nsocket = @drover\n") == [
+        f"{tmp_path}/uwsgi.ini:2: socket = @drover: '@drover': abstract unix sockets are not "
+        "supported; use a path"]
 
 
 def test_mount_without_manage_script_name_is_refused(tmp_path: Path) -> None:

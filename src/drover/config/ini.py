@@ -174,8 +174,11 @@ class IniReader:
         sections: list[str] = []
         self._depth += 1
         try:
-            for number, line in enumerate(text.split("\n"), 1):
-                line = self._magic_sub(line).strip(" \t\r")
+            # The whole file goes through the magic variables before any line is used, so an
+            # include does not change what %d or %n mean in the lines after it.
+            lines = [self._magic_sub(line) for line in text.split("\n")]
+            for number, line in enumerate(lines, 1):
+                line = line.strip(" \t\r")
                 if not line or line[0] in ";#":
                     continue
                 if line[0] == "[":

@@ -69,15 +69,24 @@ def _mode(value: str) -> str:
     return value.strip() or "666"  # uWSGI: a bare chmod-socket means 666
 
 
+def _address(value: str) -> str:
+    """uWSGI takes an address without a colon as a unix socket path, even without a slash."""
+    text = value.strip()
+    if text.startswith("@"):
+        raise ValueError(f"{text!r}: abstract unix sockets are not supported; use a path")
+    return text if ":" in text or "/" in text else f"unix:{text}"
+
+
 def _nonzero(value: str) -> str:
     return "true" if value.strip() not in ("", "0") else "false"
 
 
 ALIASES: dict[str, Alias] = {
     "processes": Alias("workers"),
-    "socket": Alias("uwsgi"),
-    "uwsgi-socket": Alias("uwsgi"),
-    "http-socket": Alias("http"),
+    "socket": Alias("uwsgi", _address),
+    "uwsgi-socket": Alias("uwsgi", _address),
+    "http-socket": Alias("http", _address),
+    "http": Alias("http", _address),
     "listen": Alias("backlog"),
     "python-path": Alias("pythonpath"),
     "pp": Alias("pythonpath"),
@@ -290,7 +299,11 @@ def translate(options: list[IniOption], strict: bool, referenced: set[str],
     mounts: list[IniOption] = []
 
     def set_value(name: str, option: IniOption, convert: Callable[[str], str] | None) -> None:
-        value = option.value if convert is None else convert(option.value)
+        try:
+            value = option.value if convert is None else convert(option.value)
+        except ValueError as exc:
+            report.error(f"{option.origin}: {option.key} = {option.value}: {exc}")
+            return
         if infos[name].parse is parse_bool:
             value = _flag_value(value)
         raws.append(Raw(name, value, option.origin, option.key))
