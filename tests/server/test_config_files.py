@@ -43,7 +43,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# -- Django behind nginx, from the site's uwsgi.ini -------------------------------------------------
+# -- Django behind nginx, from the site's uwsgi.ini ------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_django_site_log_reports_not_needed_and_pending_options(django_site: Any
     server.assert_clean_log()
 
 
-# -- Flask under a URL prefix -----------------------------------------------------------------------
+# -- Flask under a URL prefix ----------------------------------------------------------------------
 
 
 def test_flask_mounted_under_a_prefix_with_manage_script_name(drover: Any, tmp_path: Path) -> None:
@@ -135,7 +135,7 @@ threads = 2
     server.assert_clean_log()
 
 
-# -- placeholders, math, includes, if-env -----------------------------------------------------------
+# -- placeholders, math, includes, if-env ----------------------------------------------------------
 
 
 def test_placeholders_math_includes_and_if_env(drover: Any, tmp_path: Path) -> None:
@@ -223,7 +223,7 @@ def test_home_of_another_python_version_is_refused(drover: Any, tmp_path: Path) 
     assert "listening at" not in done.stderr
 
 
-# -- refusals: status 2, nothing bound, nothing forked -----------------------------------------------
+# -- refusals: status 2, nothing bound, nothing forked ---------------------------------------------
 
 
 def assert_nothing_bound(done: subprocess.CompletedProcess[str], run: Path,
@@ -291,7 +291,7 @@ def test_unsupported_option_stops_the_start_with_what_to_do(tmp_path: Path) -> N
                                    "the daemon as its own systemd service")
 
 
-# -- --print-config, gunicorn.conf.py, TOML, Gunicorn flags ------------------------------------------
+# -- --print-config, gunicorn.conf.py, TOML, Gunicorn flags ----------------------------------------
 
 
 def test_print_config_exits_0_with_values_and_origins(tmp_path: Path) -> None:
@@ -347,7 +347,7 @@ workers = 1
     assert seen["env"] == {"SITE_FROM": "toml"}
 
 
-# -- where a listen address came from ----------------------------------------------------------------
+# -- where a listen address came from --------------------------------------------------------------
 
 
 def test_bind_error_names_the_environment_variable(drover: Any) -> None:
