@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any, NoReturn
 
 from drover import __version__
@@ -47,8 +46,9 @@ class _FileAction(argparse.Action):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"drover: error: {_explain(message)}\n")
+        # One line per problem and a short usage: the generated usage is 15 lines long.
+        lines = "".join(f"drover: error: {line}\n" for line in _explain(message).splitlines())
+        self.exit(2, lines + "usage: drover [OPTIONS] [APP] (drover --help lists every option)\n")
 
 
 def _explain(message: str) -> str:
