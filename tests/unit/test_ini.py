@@ -499,3 +499,31 @@ def test_migration_guide_gunicorn_table_says_what_the_reader_does() -> None:
     rows = doc_rows("gunicorn table")
     assert {key: describe_gunicorn(key) for key in rows} == rows, (
         "regenerate the table: python -m drover.config.migrating")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("callable = app\n", "{ini}:2: callable names no module or wsgi-file; ignored"),
+    ("module = %(nope)\n", "module = %(nope): %(nope) names no option set in the file; it "
+                           "stays as written ({ini}:2)"),
+])
+def test_warnings_of_the_reader(tmp_path: Path, text: str, expected: str) -> None:
+    ini = f"{tmp_path}/uwsgi.ini"
+    assert notes(tmp_path, f"[uwsgi]\n{text}")[0] == expected.format(ini=ini)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("set-placeholder = nothing\n", "set-placeholder: 'nothing' is not NAME=VALUE ({ini}:2)"),
+    ("for-readline = /no/such/list\nx = %(_)\nendfor\n",
+     "for-readline: cannot read '/no/such/list': No such file or directory ({ini}:3)"),
+    ("ini = {ini}\n", "ini '{ini}': files include each other in a loop (from {ini}:2)"),
+])
+def test_errors_of_the_reader(tmp_path: Path, text: str, expected: str) -> None:
+    ini = f"{tmp_path}/uwsgi.ini"
+    assert problems(tmp_path, f"[uwsgi]\n{text.format(ini=ini)}") == [expected.format(ini=ini)]
+
+
+def test_section_alone_on_the_command_line_names_no_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(["--ini", ":production"], {})
+    assert info.value.problems == ("ini ':production': ':SECTION' names no file to read again "
+                                   "(from command line --ini)",)

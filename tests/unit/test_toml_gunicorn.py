@@ -147,10 +147,10 @@ def test_gunicorn_conf_hooks_computed_values_and_statements_are_refused(tmp_path
     assert problems(["-c", str(path)]) == [
         f"{path}:3: bind = f\"{{HOST}}:8000\" is computed, which is not supported: Drover reads "
         "plain values, the CPU count and os.environ.get(); write the value, or pass it with "
-        "--bind or a DROVER_ variable",
+        "--http or DROVER_HTTP",
         f"{path}:4: workers = len(os.sched_getaffinity(0)) is computed, which is not supported: "
         "Drover reads plain values, the CPU count and os.environ.get(); write the value, or "
-        "pass it with --workers or a DROVER_ variable",
+        "pass it with --workers or DROVER_WORKERS",
         f"{path}:5: the server hook post_fork() is not supported: Drover runs no Python from its "
         "configuration; move this code into the app",
         f"{path}:7: an if statement is not supported: Drover reads only 'name = value' lines",
@@ -185,3 +185,50 @@ def test_gunicorn_conf_pending_settings_say_so(tmp_path: Path) -> None:
     assert [message for _, message in load(["-c", str(path)], {}).notes] == [
         f"{path}:1: max_requests_jitter is pending (issue #11): workers recycle after exactly "
         "--max-requests requests, together; starting without it"]
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("gunicorn.conf.py", "workers = (\n", "{path}:1: not valid Python: '(' was never closed"),
+    ("gunicorn.conf.py", "pidfile = None\nchdir = None\n",
+     "{path}:2: chdir = None: None is not a value here; leave the line out"),
+    ("gunicorn.conf.py", "accesslog = '/var/log/access.log'\n",
+     "{path}:1: accesslog = '/var/log/access.log': Drover writes the access log to stderr "
+     "only, until --access-log FILE arrives with issue #12; use accesslog = '-'"),
+    ("gunicorn.conf.py", "post_fork = print\n",
+     "{path}:1: the server hook post_fork is not supported: Drover runs no Python from its "
+     "configuration; move this code into the app"),
+])
+def test_gunicorn_conf_other_refusals(tmp_path: Path, name: str, content: str,
+                                      expected: str) -> None:
+    from drover.config.uwsgi_names import ini_keys
+
+    if "pidfile" in ini_keys() or not __import__("drover.config.settings").config.settings \
+            .Config.__dataclass_fields__["access_log"].metadata["drover"].switch:
+        pytest.skip("a pending setting exists now: update this test")
+    path = tmp_path / name
+    path.write_text(content)
+    found = problems(["-c", str(path)])
+    assert found[-1] == expected.format(path=path)
+
+
+@pytest.mark.parametrize("flag", ["-c", "--config"])
+def test_unreadable_configuration_files(flag: str, tmp_path: Path) -> None:
+    assert problems([flag, str(tmp_path / "none.toml")]) == [
+        f"--config: cannot read '{tmp_path}/none.toml': No such file or directory"]
+    assert problems([flag, str(tmp_path / "gunicorn.conf.py")]) == [
+        f"-c: cannot read '{tmp_path}/gunicorn.conf.py': No such file or directory"]
+
+
+def test_chdir_and_home_that_cannot_be_used_are_named_with_their_origin(tmp_path: Path) -> None:
+    from drover.appenv import AppEnvError, prepare_master
+
+    config = load_config(["--chdir", str(tmp_path / "gone")], {})
+    with pytest.raises(AppEnvError) as info:
+        prepare_master(config)
+    assert str(info.value) == (f"--chdir: cannot change to '{tmp_path}/gone': No such file or "
+                               "directory (from command line)")
+    config = load_config(["--home", str(tmp_path / "venv")], {"DROVER_HOME": "x"})
+    with pytest.raises(AppEnvError) as info:
+        prepare_master(config)
+    assert str(info.value) == (f"--home: '{tmp_path}/venv' is not a directory (from command "
+                               "line)")

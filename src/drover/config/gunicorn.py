@@ -232,14 +232,19 @@ def read_gunicorn(path: str, environ: Mapping[str, str], report: Report) -> list
                              "Drover reads only 'name = value' lines")
                 continue
             name = targets[0].id
+            if name in HOOKS:
+                report.error(f"{origin}: the server hook {name} is not supported: {_HOOK}")
+                continue
             try:
                 value = evaluator.value(statement.value)
             except (_Unsupported, ValueError, TypeError):
+                entry = NAMES.get(name)
+                flag = entry.target if entry is not None else ""
+                other = (f", or pass it with --{flag} or DROVER_{flag.replace('-', '_').upper()}"
+                         if flag in keys else "")
                 report.error(f"{origin}: {name} = {_source(source, statement.value)} is "
-                             "computed, "
-                             "which is not supported: Drover reads plain values, the CPU count "
-                             "and os.environ.get(); write the value, or pass it with "
-                             "--" + name.replace("_", "-") + " or a DROVER_ variable")
+                             "computed, which is not supported: Drover reads plain values, the "
+                             f"CPU count and os.environ.get(); write the value{other}")
                 continue
             raws += _translate(name, value, origin, keys, report)
             continue
@@ -259,9 +264,6 @@ def _translate(name: str, value: Any, origin: str, keys: dict[str, str],
     if name.startswith("_") or (name.isupper() and entry is None):
         return []  # a module constant used by the file itself
     if entry is None:
-        if name in HOOKS:
-            report.error(f"{origin}: the server hook {name} is not supported: {_HOOK}")
-            return []
         hint = did_you_mean(name, NAMES)
         report.error(f"{origin}: unknown Gunicorn setting {name!r}{hint}")
         return []

@@ -8,7 +8,6 @@ a reader finds are collected, one line each, so a file with three mistakes gets 
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -63,5 +62,7 @@ class Report:
 def did_you_mean(word: str, candidates: Iterable[str], prefix: str = "",
                  cutoff: float = 0.6) -> str:
     """' (did you mean --workers?)' when a candidate is close to ``word``, else ''."""
+    import difflib  # only on an error path: not loaded into every worker
+
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=cutoff)
     return f" (did you mean {prefix}{close[0]}?)" if close else ""
