@@ -57,6 +57,11 @@ def _access_log(value: Any) -> list[str]:
     return [str(value)]
 
 
+def _octal(value: Any) -> list[str]:
+    """umask = 0o022 is the number 18 once Python reads it: give it back as octal text."""
+    return [f"{value:o}" if isinstance(value, int) else str(value)]
+
+
 def _comma_list(value: Any) -> list[str]:
     if isinstance(value, list | tuple):
         return [str(item) for item in value]
@@ -89,13 +94,13 @@ NAMES: dict[str, Name] = {
         "let systemd track the process, or write the pid from the start script", 11)),
     "user": Name("uid", missing=Missing("start Drover as that user (systemd User=)", 11)),
     "group": Name("gid", missing=Missing("start Drover as that group (systemd Group=)", 11)),
-    "umask": Name("umask", missing=Missing(
+    "umask": Name("umask", convert=_octal, missing=Missing(
         "set the umask before starting Drover (systemd UMask=)", 11)),
     "forwarded_allow_ips": Name("forwarded-allow-ips", missing=Missing(
         "REMOTE_ADDR is the proxy's address", 14, refuse=False)),
-    "secure_scheme_headers": Name("forwarded-allow-ips", missing=Missing(
-        "wsgi.url_scheme is the scheme of the connection to Drover", 14,
-        refuse=False)),
+    "secure_scheme_headers": Name(missing=Missing(
+        "wsgi.url_scheme is the scheme of the connection to Drover until issue #14, which "
+        "trusts X-Forwarded-Proto from the --forwarded-allow-ips peers", refuse=False)),
     "proxy_protocol": Name("proxy-protocol", missing=Missing(
         "let nginx take the PROXY protocol and pass the request on", 14)),
     "proxy_allow_ips": Name("forwarded-allow-ips", missing=Missing(
@@ -108,8 +113,9 @@ NAMES: dict[str, Name] = {
     "limit_request_fields": Name("limit-request-fields"),
     "limit_request_field_size": Name("limit-request-field-size"),
     "worker_connections": Name("max-connections"),
-    "daemon": Name("daemonize", missing=Missing(
-        "run Drover in the foreground under systemd or supervisord", 11)),
+    "daemon": Name(missing=Missing(
+        "run Drover in the foreground under systemd or supervisord (issue #11's "
+        "--daemonize takes the log file to write)")),
     "reload": Name("reload", missing=Missing(
         "restart Drover (or send it SIGHUP) after changing the code", 11, refuse=False)),
     "worker_class": Name(not_needed="Drover's workers are threaded event loops (sync and "

@@ -34,7 +34,7 @@ GUNICORN_FLAGS = {
     "-c": "`-c`, `--config` (reads the file's plain settings, never runs it)",
     "-e": "`-e`, `--env`",
     "-k": "not needed for sync and gthread: Drover's workers are threaded event loops",
-    "-D": "pending (issue #11): run Drover in the foreground under systemd or supervisord",
+    "-D": "not supported: run Drover in the foreground under systemd or supervisord",
 }
 
 

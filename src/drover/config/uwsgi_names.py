@@ -120,10 +120,6 @@ ALIASES: dict[str, Alias] = {
     "logformat": Alias("log-format", missing=Missing(
         "access log lines have Drover's fixed format until --log-format exists", 12,
         refuse=False)),
-    "static-check": Alias("static-fallthrough", missing=Missing(
-        "serve static files from nginx (location + alias)", 13)),
-    "check-static": Alias("static-fallthrough", missing=Missing(
-        "serve static files from nginx (location + alias)", 13)),
 }
 
 NOT_NEEDED: dict[str, str] = {
@@ -200,6 +196,10 @@ MISSING: dict[str, Missing] = {
     "static-expires-uri": Missing("set the cache headers in nginx", 13, refuse=False),
     "static-expires-type": Missing("set the cache headers in nginx", 13, refuse=False),
     "static-safe": Missing(_STATIC, 13),
+    "check-static": Missing("serve the directory from nginx (try_files), or map its URL "
+                            "prefix with static-map once issue #13 adds it"),
+    "static-check": Missing("serve the directory from nginx (try_files), or map its URL "
+                            "prefix with static-map once issue #13 adds it"),
     # not supported, and not planned
     "cheaper*": Missing("Drover runs --workers workers all the time; SIGTTIN/SIGTTOU add or "
                         "remove one", refuse=False),
