@@ -527,3 +527,30 @@ def test_section_alone_on_the_command_line_names_no_file() -> None:
         load_config(["--ini", ":production"], {})
     assert info.value.problems == ("ini ':production': ':SECTION' names no file to read again "
                                    "(from command line --ini)",)
+
+
+def test_uid_and_gid_that_change_nothing_are_accepted(tmp_path: Path) -> None:
+    import pwd
+
+    from drover.config.uwsgi_names import ini_keys
+
+    if "uid" in ini_keys():
+        pytest.skip("--uid exists now: its own tests cover it")
+    user = pwd.getpwuid(os.getuid()).pw_name
+    found = notes(tmp_path, f"[uwsgi]\nuid = {user}\ngid = {os.getgid()}\n")
+    why = ("Drover already runs as that user or group" if os.getuid() == 0 else
+           "Drover is not started as root, so there is no privilege to drop (uWSGI ignores "
+           "it too)")
+    ini = f"{tmp_path}/uwsgi.ini"
+    assert found == [f"{ini}:2: uid = {user} is not needed: {why}",
+                     f"{ini}:3: gid = {os.getgid()} is not needed: {why}"]
+
+
+def test_uid_of_another_user_is_refused_when_started_as_root(tmp_path: Path) -> None:
+    from drover.config.uwsgi_names import ini_keys
+
+    if "uid" in ini_keys() or os.getuid() != 0:
+        pytest.skip("only root can drop privileges, and --uid does not exist yet")
+    assert problems(tmp_path, "[uwsgi]\nuid = nobody\n") == [
+        f"{tmp_path}/uwsgi.ini:2: uid is pending (issue #11): start Drover as that user "
+        "(systemd User=)"]

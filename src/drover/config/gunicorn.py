@@ -30,7 +30,7 @@ from typing import Any
 
 from drover.config.settings import setting_infos
 from drover.config.sources import ConfigError, Raw, Report, did_you_mean
-from drover.config.uwsgi_names import Missing, ini_keys
+from drover.config.uwsgi_names import Missing, ini_keys, privilege_noop
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +284,11 @@ def _translate(name: str, value: Any, origin: str, keys: dict[str, str],
         report.debug(f"{origin}: {name} is not needed: {entry.not_needed}")
         return []
     target = "app" if entry.target == "app" else keys.get(entry.target)
+    if target is None and name in ("user", "group"):
+        why = privilege_noop(name, str(value), uwsgi=False)
+        if why:
+            report.debug(f"{origin}: {name} = {value!r} is not needed: {why}")
+            return []
     if target is None:
         missing = entry.missing
         assert missing is not None, name

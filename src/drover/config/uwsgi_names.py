@@ -26,7 +26,11 @@ without the start stopping.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import grp
+import os
+import pwd
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -248,6 +252,22 @@ def ini_keys() -> dict[str, str]:
     return keys
 
 
+def privilege_noop(kind: str, value: str, uwsgi: bool) -> str:
+    """Why a uid/gid setting changes nothing here, or '' when it would (the process runs as
+    root and another user is named). uWSGI drops privileges only when started as root."""
+    if uwsgi and os.getuid() != 0:
+        return "Drover is not started as root, so there is no privilege to drop (uWSGI " \
+               "ignores it too)"
+    text = value.strip()
+    if kind in ("uid", "user"):
+        current = {str(os.getuid()), pwd.getpwuid(os.getuid()).pw_name}
+    else:
+        current = {str(os.getgid())}
+        with contextlib.suppress(KeyError):
+            current.add(grp.getgrgid(os.getgid()).gr_name)
+    return "Drover already runs as that user or group" if text in current else ""
+
+
 def find_missing(key: str) -> Missing | None:
     if key in MISSING:
         return MISSING[key]
@@ -341,6 +361,11 @@ def translate(options: list[IniOption], strict: bool, referenced: set[str],
         if key in NOT_NEEDED:
             report.debug(f"{option.origin}: {key} is not needed: {NOT_NEEDED[key]}")
             continue
+        if key in ("uid", "gid") and key not in keys:
+            why = privilege_noop(key, option.value, uwsgi=True)
+            if why:
+                report.debug(f"{option.origin}: {key} = {option.value} is not needed: {why}")
+                continue
         match = _DONOTLOG.match(option.value) if key == "route" else None
         if match and "log-exclude" in keys:
             raws.append(Raw(keys["log-exclude"], match.group(1), option.origin, key))
