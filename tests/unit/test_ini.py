@@ -150,6 +150,35 @@ if-opt = project=x
 project-is-x = 1
 endif =
 """,
+    "realistic_django": """
+; deploy/uwsgi.ini of a Django site behind nginx
+[uwsgi]
+project = mysite
+uid = www-data
+gid = www-data
+base = /srv/%(project)
+
+chdir = %d
+home = %(base)/venv
+module = %(project).wsgi:application
+env = DJANGO_SETTINGS_MODULE=%(project).settings.production
+env = LANG=en_US.UTF-8
+
+master = true
+processes = %(%k * 2 + 1)
+threads = 2
+enable-threads = true
+harakiri = 60
+max-requests = 5000
+max-requests-delta = 500
+buffer-size = 32768
+
+socket = /run/%(project)/%(project).sock
+chmod-socket = 660
+vacuum = true
+die-on-term = true
+procname-prefix = %n-
+""",
     "includes": """
 [uwsgi]
 processes = 2
