@@ -583,3 +583,12 @@ def test_uid_of_another_user_is_refused_when_started_as_root(tmp_path: Path) -> 
     assert problems(tmp_path, "[uwsgi]\nuid = nobody\n") == [
         f"{tmp_path}/uwsgi.ini:2: uid is pending (issue #11): start Drover as that user "
         "(systemd User=)"]
+
+
+def test_plugins_other_than_python_and_http_are_named(tmp_path: Path) -> None:
+    assert notes(tmp_path, "[uwsgi]\nplugins = python3,http\n") == [
+        f"{tmp_path}/uwsgi.ini:2: plugins is not needed: Drover has no plugins: Python and HTTP "
+        "are built in"]
+    assert notes(tmp_path, "[uwsgi]\nplugin = python311 gevent\n")[1] == (
+        f"{tmp_path}/uwsgi.ini:2: plugin = python311 gevent: Drover has no gevent plugin; the "
+        "options that need it are reported on their own lines")

@@ -360,6 +360,8 @@ def translate(options: list[IniOption], strict: bool, referenced: set[str],
             continue
         if key in NOT_NEEDED:
             report.debug(f"{option.origin}: {key} is not needed: {NOT_NEEDED[key]}")
+            if key in ("plugins", "plugin"):
+                _check_plugins(option, report)
             continue
         if key in ("uid", "gid") and key not in keys:
             why = privilege_noop(key, option.value, uwsgi=True)
@@ -387,6 +389,20 @@ def translate(options: list[IniOption], strict: bool, referenced: set[str],
     raws += _app_values(app, mounts, report)
     _check_uwsgi_peers(raws, keys, report)
     return raws
+
+
+_BUILT_IN_PLUGINS = re.compile(r"^(python\d*|http|0)$")
+
+
+def _check_plugins(option: IniOption, report: Report) -> None:
+    """plugins = python3 is what Drover is; another plugin's options are reported on their
+    own lines, but a plugin that changes how the app runs (gevent, asyncio...) is named."""
+    others = [name for name in re.split(r"[\s,]+", option.value.strip())
+              if name and not _BUILT_IN_PLUGINS.match(name)]
+    if others:
+        report.warning(f"{option.origin}: {option.key} = {option.value}: Drover has no "
+                       f"{', '.join(others)} plugin; the options that need it are reported "
+                       "on their own lines")
 
 
 def _file_spec(path: str) -> str:
