@@ -229,6 +229,12 @@ MISSING: dict[str, Missing] = {
     "cache2": Missing("use a cache server (Redis, memcached) from the app"),
     "cache": Missing("use a cache server (Redis, memcached) from the app"),
     "emperor*": Missing("run one Drover service per app under systemd"),
+    "gevent": Missing("Drover runs WSGI apps in threads: use --threads for an app that "
+                      "waits on I/O"),
+    "async": Missing("Drover runs WSGI apps in threads: use --threads for an app that waits "
+                     "on I/O"),
+    "asyncio": Missing("Drover serves WSGI apps; run an asyncio app under an ASGI server"),
+    "ugreen": Missing("Drover runs WSGI apps in threads: use --threads"),
     "limit-as": Missing("set a memory limit with systemd (MemoryMax=) or ulimit",
                         refuse=False),
     "unenv": Missing("unset the variable before starting Drover"),
