@@ -73,7 +73,7 @@ def test_bad_values_name_the_option_and_origin(argv: list[str], environ: dict[st
 def test_default_listen_address_when_none_given_is_loopback_like_gunicorn() -> None:
     config = load_config([], {})
     assert config.http == ("127.0.0.1:8000",)
-    assert config.origin("http") == "default (no --http or --uwsgi given)"
+    assert config.origin("http") == "the default, as no --http or --uwsgi was given"
     assert load_config(["--uwsgi", "/tmp/a.sock"], {}).http == ()
 
 

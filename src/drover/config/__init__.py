@@ -150,7 +150,7 @@ def resolve(layers: Sequence[list[Raw]], report: Report) -> Config:
         raise ConfigError(*report.errors)
     if not values.get("http") and not values.get("uwsgi"):
         values["http"] = (DEFAULT_HTTP,)
-        origins.append(("http", ("default (no --http or --uwsgi given)",)))
+        origins.append(("http", ("the default, as no --http or --uwsgi was given",)))
     return Config(**values, origins=tuple(origins))
 
 
