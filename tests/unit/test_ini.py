@@ -592,3 +592,11 @@ def test_plugins_other_than_python_and_http_are_named(tmp_path: Path) -> None:
     assert notes(tmp_path, "[uwsgi]\nplugin = python311 gevent\n")[1] == (
         f"{tmp_path}/uwsgi.ini:2: plugin = python311 gevent: Drover has no gevent plugin; the "
         "options that need it are reported on their own lines")
+
+
+def test_log_format_variables_are_not_taken_for_missing_placeholders(tmp_path: Path) -> None:
+    path = write(tmp_path, "uwsgi.ini", "[uwsgi]\nlog-format = %(addr) [%(ltime)] %(status)\n")
+    reader = read_ini([(str(path), "test")], {})
+    assert [(o.key, o.value) for o in reader.options] == [
+        ("log-format", "%(addr) [%(ltime)] %(status)")]
+    assert reader.warnings == []

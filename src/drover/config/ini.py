@@ -68,6 +68,9 @@ LOGIC_KEYS = frozenset({
     "for-readline", "else"})
 DIRECTIVE_KEYS = END_KEYS | LOAD_KEYS | PLACEHOLDER_KEYS | LOGIC_KEYS | {"strict"}
 
+# Their %(name) are the access log's variables, not placeholders: no warning when unresolved.
+LOG_KEYS = frozenset({"log-format", "logformat", "log-format-strftime", "log-req-encoder"})
+
 MAX_EXPANSIONS = 1000  # placeholders that expand to themselves would loop for ever
 MAX_VALUE = 1 << 16  # ... or grow without end
 
@@ -399,12 +402,12 @@ class IniReader:
                         has, start = 0, -1
                     else:
                         result = hook(value[start:start + has - 2])
-                        if result is None:
+                        if result is None and not (symbol == "%" and option.key in LOG_KEYS):
                             self.warnings.append(
                                 f"{option.key} = {option.value}: "
                                 f"{symbol}({value[start:start + has - 2]}) "
                                 f"{_UNRESOLVED[symbol]}; it stays as written ({option.origin})")
-                        else:
+                        elif result is not None:
                             expansions += 1
                             if expansions > MAX_EXPANSIONS or len(result) > MAX_VALUE:
                                 self.errors.append(
