@@ -102,6 +102,9 @@ def test_abbreviations_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     (["--master"], "--master: no such option (uWSGI's master is not needed: Drover always runs "
                    "a master process)"),
     (["--wokers", "2"], "--wokers: no such option (did you mean --workers?)"),
+    (["-k", "gevent"], "-k: no such option (Gunicorn's -k: Drover's workers are threaded event "
+                       "loops; use --threads for apps that block)"),
+    (["--access-logfile", "-"], "--access-logfile: no such option (did you mean --access-log?)"),
     (["--max-request=5"], "--max-request=5: no such option (did you mean --max-requests?)"),
 ])
 def test_foreign_and_mistyped_flags_get_a_hint(argv: list[str], hint: str,

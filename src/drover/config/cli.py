@@ -63,12 +63,24 @@ def _explain(message: str) -> str:
     return "\n".join(lines) or message
 
 
+_GUNICORN_SHORT = {
+    "-k": "Drover's workers are threaded event loops; use --threads for apps that block",
+    "-D": "run Drover in the foreground under systemd or supervisord",
+    "-n": "Drover's --proc-name",
+    "-p": "a pidfile is pending (issue #11)",
+    "-u": "start Drover as that user (--uid is pending, issue #11)",
+    "-g": "start Drover as that group (--gid is pending, issue #11)",
+}
+
+
 def foreign_flag_hint(word: str) -> str:
     """' (uWSGI's name; Drover's is --workers)', ' (did you mean --workers?)' or ''."""
     from drover.config.gunicorn import NAMES
     from drover.config.uwsgi_names import ALIASES, NOT_NEEDED, find_missing, ini_keys
 
     flag = word.split("=", 1)[0]
+    if flag in _GUNICORN_SHORT:
+        return f" (Gunicorn's {flag}: {_GUNICORN_SHORT[flag]})"
     key = flag.lstrip("-")
     keys = ini_keys()
     alias = ALIASES.get(key)
