@@ -382,3 +382,16 @@ def test_default_listener_is_loopback_port_8000(drover: Any) -> None:
     server = drover(listeners=1)
     assert server.addresses == ["http://127.0.0.1:8000"]
     assert server.stop(signal.SIGTERM) == 0
+
+
+def test_wsgi_file_with_a_wsgi_extension_and_callable_serves(drover: Any, tmp_path: Path) -> None:
+    write(tmp_path / "site" / "django.wsgi",
+          "def app(environ, start_response):\n"
+          "    start_response('200 OK', [('Content-Type', 'text/plain'),"
+          " ('Content-Length', '7')])\n"
+          "    return [b'old way']\n")
+    port = free_port()
+    ini = write(tmp_path / "site" / "uwsgi.ini", f"[uwsgi]\nchdir = %d\nwsgi-file = django.wsgi\n"
+                                                 f"callable = app\nhttp = 127.0.0.1:{port}\n")
+    drover("--ini", str(ini), listeners=1)
+    assert requests.get(f"http://127.0.0.1:{port}/", timeout=TIMEOUT).text == "old way"
