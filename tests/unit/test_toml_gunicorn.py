@@ -232,3 +232,9 @@ def test_chdir_and_home_that_cannot_be_used_are_named_with_their_origin(tmp_path
         prepare_master(config)
     assert str(info.value) == (f"--home: '{tmp_path}/venv' is not a directory (from command "
                                "line)")
+
+
+def test_a_gunicorn_file_without_py_extension_is_read_as_gunicorn(tmp_path: Path) -> None:
+    path = tmp_path / "gunicorn.conf"
+    path.write_text("workers = 3\n")
+    assert load_config(["-c", str(path)], {}).workers == 3

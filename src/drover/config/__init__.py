@@ -90,7 +90,7 @@ def _file_layer(files: list[tuple[str, str, str]], environ: Mapping[str, str],
             from drover.config.toml import read_toml
 
             raws += read_toml(path, report)
-        elif base.endswith(".py"):
+        elif base.endswith(".py") or "gunicorn" in base:
             from drover.config.gunicorn import read_gunicorn
 
             raws += read_gunicorn(path, environ, report)

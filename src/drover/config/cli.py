@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("-c", "--config", action=_FileAction, const="config", metavar="FILE",
                        help="Read FILE, by its name: *.toml (Drover's settings as keys), "
                        "pyproject.toml ([tool.drover]), *.ini (as --ini), or a "
-                       "gunicorn.conf.py (its plain 'name = value' settings). Repeatable.")
+                       "gunicorn.conf.py (*.py or a name with 'gunicorn' in it: its plain "
+                       "'name = value' settings, never run). Repeatable.")
     files.add_argument("--print-config", action="store_true", dest=PRINT_DEST,
                        default=argparse.SUPPRESS,
                        help="Print every resolved setting, its value and where it came from "
