@@ -90,13 +90,13 @@ def _file_layer(files: list[tuple[str, str, str]], environ: Mapping[str, str],
             from drover.config.toml import read_toml
 
             raws += read_toml(path, report)
+        elif path.startswith("python:"):
+            report.error(f"{flag} {path}: Drover does not import configuration modules; "
+                         "give the path of the gunicorn.conf.py file")
         elif base.endswith(".py") or "gunicorn" in base:
             from drover.config.gunicorn import read_gunicorn
 
             raws += read_gunicorn(path, environ, report)
-        elif path.startswith("python:"):
-            report.error(f"{flag} {path}: Drover does not import configuration modules; "
-                         "give the path of the gunicorn.conf.py file")
         else:
             report.error(f"{flag} {path}: cannot tell the format from the name: expected "
                          "*.toml, pyproject.toml, *.ini or a gunicorn *.py file")
