@@ -54,10 +54,6 @@ class Report:
     def debug(self, message: str) -> None:
         self.notes.append((logging.DEBUG, message))
 
-    def extend(self, other: Report) -> None:
-        self.errors += other.errors
-        self.notes += other.notes
-
 
 def did_you_mean(word: str, candidates: Iterable[str], prefix: str = "",
                  cutoff: float = 0.6) -> str:
