@@ -405,15 +405,17 @@ class DroverLauncher:
 
     def __call__(self, *args: str, env: Mapping[str, str | None] | None = None,
                  cwd: str | Path | None = None, wait: bool = True, ready_path: str | None = "/",
-                 timeout: float = STARTUP_TIMEOUT) -> Server:
+                 timeout: float = STARTUP_TIMEOUT, listeners: int | None = None) -> Server:
         """Start ``python -m drover *args``.
 
-        ``--http 127.0.0.1:0`` is added when args name no --http/--uwsgi address. With ``wait``
-        (default) return once every address is logged and a first request (GET ``ready_path``;
-        None: skip it) was answered; otherwise return at once (for tests of startup failures).
+        ``--http 127.0.0.1:0`` is added when args name no --http/--uwsgi address, unless
+        ``listeners`` says how many addresses to wait for (a configuration file or the
+        environment names them). With ``wait`` (default) return once every address is logged
+        and a first request (GET ``ready_path``; None: skip it) was answered; otherwise return
+        at once (for tests of startup failures).
         """
         argv = list(args)
-        if not _count_listen_options(argv):
+        if not _count_listen_options(argv) and listeners is None:
             argv = ["--http", "127.0.0.1:0", *argv]
         log_path = self.tmp_dir / f"drover-{len(self.servers) + 1}.log"
         with open(log_path, "ab") as log_file:  # O_APPEND: master and workers share it
@@ -424,7 +426,8 @@ class DroverLauncher:
         server = Server(proc, log_path, argv)
         self.servers.append(server)
         if wait:
-            self._wait_ready(server, _count_listen_options(argv), ready_path, timeout)
+            expected = _count_listen_options(argv) if listeners is None else listeners
+            self._wait_ready(server, expected, ready_path, timeout)
         return server
 
     def app(self, spec: str, *args: str, **kwargs: Any) -> Server:

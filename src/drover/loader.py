@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import os
@@ -119,7 +120,10 @@ def _import_file(path: str) -> Any:
     if directory not in sys.path:
         sys.path.insert(0, directory)
     name = os.path.splitext(os.path.basename(path))[0]
-    module_spec = importlib.util.spec_from_file_location(name, path)
+    # An explicit source loader: uWSGI's wsgi-file is often a .wsgi file, which the default
+    # suffix-based lookup would not take for Python.
+    module_spec = importlib.util.spec_from_file_location(
+        name, path, loader=importlib.machinery.SourceFileLoader(name, path))
     if module_spec is None or module_spec.loader is None:
         raise AppLoadError(f"app file {path!r} cannot be imported as Python")
     module = importlib.util.module_from_spec(module_spec)

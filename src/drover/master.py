@@ -87,14 +87,13 @@ class Master:
 
     def _bind_all(self) -> bool:
         config = self.config
-        for protocol, addresses, flag in (("http", config.http, "--http"),
-                                          ("uwsgi", config.uwsgi, "--uwsgi")):
-            for address in addresses:
+        for protocol, addresses in (("http", config.http), ("uwsgi", config.uwsgi)):
+            for index, address in enumerate(addresses):
                 try:
                     listener = bind(protocol, address, config.backlog, config.chmod_socket)
                 except OSError as exc:
-                    log.error("cannot listen on %s (%s): %s", address, flag,
-                              exc.strerror or exc)
+                    log.error("cannot listen on %s (--%s from %s): %s", address, protocol,
+                              config.origin(protocol, index), exc.strerror or exc)
                     return False
                 self.listeners.append(listener)
                 log.info("listening at %s (%s)", listener.display, protocol)

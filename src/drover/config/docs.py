@@ -15,8 +15,18 @@ def render() -> str:
     lines = ["# Drover settings", "",
              "Generated from `src/drover/config/settings.py` by "
              "`python -m drover.config.docs`; do not edit by hand.", "",
-             "Every setting can be given on the command line or as an environment variable; "
-             "the command line wins over the environment, which wins over the default."]
+             "Every setting can be given on the command line, as an environment variable, or "
+             "in a configuration file: in a uwsgi.ini (`--ini FILE`) its key is the long "
+             "option without the dashes (`max-requests = 1000`), in a TOML file "
+             "(`--config drover.toml`, or `[tool.drover]` of `--config pyproject.toml`) its "
+             "name with dashes or underscores (`max_requests = 1000`). uWSGI's and Gunicorn's "
+             "own names are translated: see [migrating.md](migrating.md).", "",
+             "Precedence: default < configuration file < environment variable < command "
+             "line. A repeatable option takes a comma-separated list in its environment "
+             "variable (`DROVER_HTTP=127.0.0.1:8000,unix:/run/app.sock`); a value that "
+             "itself holds a comma must come from the command line or a file. "
+             "`drover --print-config` shows every setting, its value and where it came "
+             "from."]
     topic = ""
     for f, info in setting_infos():
         if info.topic != topic:

@@ -6,8 +6,13 @@ Theory of operation
 carries what every reader needs: the topic it belongs to in ``--help``, the command-line flag(s),
 the help text, how a string is turned into a value, and whether it may be given several times.
 From this one table come the argparse parser (``config.cli``), the ``DROVER_*`` environment
-variables (``config.sources``), and the documentation (``drover --help`` and docs/settings.md).
-Nothing else lists settings, so adding one is adding one field here.
+variables (``config.environment``), the keys of configuration files (``config.ini``,
+``config.toml``, ``config.gunicorn``: a setting's ini key is its long flag without the dashes),
+and the documentation (``drover --help`` and docs/settings.md). Nothing else lists settings, so
+adding one is adding one field here.
+
+``Config.origins`` is the one field that is not a setting: where each value came from (a file
+and line, an environment variable, the command line), for error messages and --print-config.
 
 Values arrive as strings (command line, environment, files) and are parsed by the field's
 ``parse`` function, which raises ``ValueError`` with a short reason; the reader adds the option's
@@ -186,6 +191,20 @@ def parse_expires_rule(text: str) -> tuple[str, int]:
     return split_rule(text)
 
 
+def parse_env_assignment(text: str) -> str:
+    name, sep, _value = text.partition("=")
+    if not sep or not name.strip() or "\0" in text:
+        raise ValueError(f"{text!r} is not NAME=VALUE")
+    return f"{name.strip()}={_value}"
+
+
+def parse_dir(text: str) -> str:
+    """A directory, made absolute against the working directory at start-up."""
+    if not text.strip():
+        raise ValueError("an empty path names no directory")
+    return os.path.abspath(os.path.expanduser(text.strip()))
+
+
 def parse_log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in ("debug", "info", "warning", "error", "critical"):
@@ -197,17 +216,32 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+Origins = tuple[tuple[str, tuple[str, ...]], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Every setting of Drover, typed and frozen; built once by ``config.load_config``."""
+
+    # Not a setting: (setting name, (origin of each value, ...)) for the settings that did not
+    # keep their default. Ignored by ==, so two configs with the same values compare equal.
+    origins: Origins = field(default=(), compare=False, repr=False)
+
+    def origin(self, name: str, index: int = 0) -> str:
+        """Where the value (or the index-th value of a repeatable setting) came from."""
+        for key, where in self.origins:
+            if key == name and where:
+                return where[min(index, len(where) - 1)]
+        return "default"
 
     # -- Sockets
     http: tuple[str, ...] = setting(
         (), SOCKETS,
         "Serve HTTP/1.1 on ADDR: ':8000', '127.0.0.1:8000', '[::1]:8000', or a unix socket path "
-        "('/run/app.sock' or 'unix:/run/app.sock'). Repeat for several. Without --http or "
-        "--uwsgi, Drover serves HTTP on :8000.",
-        parse_address, flags=("--http",), metavar="ADDR", multi=True)
+        "('/run/app.sock' or 'unix:/run/app.sock'). Repeat for several. -b/--bind is the same "
+        "option. Without --http or --uwsgi, Drover serves HTTP on 127.0.0.1:8000; "
+        "'--http 0.0.0.0:8000' (or ':8000') listens on every interface.",
+        parse_address, flags=("-b", "--bind", "--http"), metavar="ADDR", multi=True)
     uwsgi: tuple[str, ...] = setting(
         (), SOCKETS,
         "Serve the uwsgi binary protocol on ADDR (for nginx 'uwsgi_pass'). Same forms as --http. "
@@ -239,11 +273,24 @@ class Config:
         "longest matching prefix wins, and the positional APP, if any, serves the rest.",
         parse_mount, flags=("--mount",), metavar="PREFIX=APP", multi=True)
     chdir: str = setting(
-        "", APP, "Change to DIR before loading the app.", parse_str, flags=("--chdir",),
-        metavar="DIR")
+        "", APP,
+        "Change to DIR at start-up, before binding sockets and loading the app (a relative "
+        "socket path is then relative to DIR).",
+        parse_dir, flags=("--chdir",), metavar="DIR")
     pythonpath: tuple[str, ...] = setting(
         (), APP, "Put DIR first on sys.path before loading the app. Repeat for several.",
         parse_str, flags=("--pythonpath",), metavar="DIR", multi=True)
+    env: tuple[str, ...] = setting(
+        (), APP,
+        "Set the environment variable NAME to VALUE before the app loads (in the master, so "
+        "every worker inherits it). Repeat for several.",
+        parse_env_assignment, flags=("-e", "--env"), metavar="NAME=VALUE", multi=True)
+    home: str = setting(
+        "", APP,
+        "The app's virtualenv: its site-packages go on sys.path, ahead of the packages of the "
+        "Python that runs Drover (uWSGI's home, virtualenv or venv). It must be made with "
+        "the same Python version.",
+        parse_str, flags=("--home",), metavar="DIR")
     preload: bool = setting(
         False, APP,
         "Import the app in the master before forking workers (saves memory by sharing pages; "
@@ -260,12 +307,12 @@ class Config:
         "Threads per worker. Each thread runs its own event loop and calls the app directly, so "
         "a blocking app (database calls, sleeps) serves up to N requests at once per worker. "
         "Keep 1 for apps that never block.",
-        positive_int, flags=("-t", "--threads"), metavar="N")
+        positive_int, flags=("--threads",), metavar="N")
     timeout: float = setting(
         30.0, PROCESSES,
         "A worker whose event loop is stuck this long (for example in one request) is killed "
         "and replaced. 0 disables.",
-        parse_seconds, flags=("--timeout",), metavar="SECONDS")
+        parse_seconds, flags=("-t", "--timeout"), metavar="SECONDS")
     graceful_timeout: float = setting(
         30.0, PROCESSES,
         "On SIGTERM, SIGINT or SIGHUP, how long workers may finish requests in flight before "
@@ -366,7 +413,7 @@ class Config:
 
 def setting_infos() -> list[tuple[dataclasses.Field[Any], SettingInfo]]:
     """The table: each field of Config with its SettingInfo, in declaration order."""
-    return [(f, f.metadata["drover"]) for f in dataclasses.fields(Config)]
+    return [(f, f.metadata["drover"]) for f in dataclasses.fields(Config) if "drover" in f.metadata]
 
 
 def env_name(name: str) -> str:
