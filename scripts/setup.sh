@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with Drover installed (editable). Add "test" to install the test tools and the
-# system packages the tests use (nginx for the uwsgi protocol tests). Installing is skipped when
+# system packages the tests use (nginx for the uwsgi protocol tests, logrotate for deploy/).
+# Installing is skipped when
 # .venv already holds what pyproject.toml asks for (a stamp records its hash), so a second run
 # costs a fraction of a second.
 set -euo pipefail
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "test" ]; then
     missing=()
     command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    # deploy/'s tests check the logrotate file with logrotate itself.
+    command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "setup: installing ${missing[*]} from Debian's packages" >&2
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -405,8 +405,9 @@ class DroverLauncher:
 
     def __call__(self, *args: str, env: Mapping[str, str | None] | None = None,
                  cwd: str | Path | None = None, wait: bool = True, ready_path: str | None = "/",
-                 timeout: float = STARTUP_TIMEOUT, listeners: int | None = None) -> Server:
-        """Start ``python -m drover *args``.
+                 timeout: float = STARTUP_TIMEOUT, listeners: int | None = None,
+                 python: str | None = None) -> Server:
+        """Start ``python -m drover *args`` (``python``: another interpreter than this one's).
 
         ``--http 127.0.0.1:0`` is added when args name no --http/--uwsgi address, unless
         ``listeners`` says how many addresses to wait for (a configuration file or the
@@ -420,7 +421,7 @@ class DroverLauncher:
         log_path = self.tmp_dir / f"drover-{len(self.servers) + 1}.log"
         with open(log_path, "ab") as log_file:  # O_APPEND: master and workers share it
             proc = subprocess.Popen(
-                [sys.executable, "-m", "drover", *argv], stdin=subprocess.DEVNULL,
+                [python or sys.executable, "-m", "drover", *argv], stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=subprocess.STDOUT, env=_drover_env(env),
                 cwd=str(cwd) if cwd is not None else str(REPO), start_new_session=True)
         server = Server(proc, log_path, argv)

@@ -41,4 +41,4 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(2)
     from drover.master import run
 
-    sys.exit(run(config))
+    sys.exit(run(config, list(args)))

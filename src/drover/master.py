@@ -20,6 +20,16 @@ children, kills workers that are stuck, and brings the worker count back to its 
 - SIGTERM/SIGINT: workers stop gracefully within --graceful-timeout, then are killed; exit 0.
   SIGQUIT: workers are told to exit at once.
 - SIGTTIN/SIGTTOU: one worker more or less.
+- SIGUSR2, and SIGHUP with --preload (so that new code is really loaded): a new master is
+  executed that inherits the listening sockets (``drover.upgrade``); once its workers are up,
+  this master retires its own as a reload does and exits, leaving the sockets and the pidfile
+  to it. If the new master fails to start, this one keeps serving.
+
+Startup order (``run``): umask, pidfile claimed, sockets bound or inherited (USR2, systemd),
+daemonized, pidfile written, privileges dropped, app preloaded, workers. Each step is a call
+into ``privileges``, ``sockets`` or ``systemd``; any failure is one log line naming the option,
+exit status 1, and nothing left behind. When the first generation of workers is up the master
+is *ready*: it tells systemd (READY=1), the command that daemonized it, or its predecessor.
 
 The master imports neither the protocol nor the WSGI code: workers import them after fork.
 """
@@ -37,9 +47,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from drover import privileges, upgrade
 from drover.config import Config
 from drover.logs import log
-from drover.sockets import Listener, bind, close_listeners
+from drover.privileges import Identity, Pidfile, StartupError
+from drover.sockets import Listener, bind, close_listeners, inherited_listeners, unlink_unix_sockets
+from drover.systemd import Notifier
 
 EXIT_APP_LOAD = 3  # keep in step with drover.worker.process.EXIT_APP_LOAD (not imported: see above)
 
@@ -48,8 +61,7 @@ SIGNAL_NAMES: dict[int, str] = {
     signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld",
     signal.SIGUSR1: "usr1", signal.SIGUSR2: "usr2", signal.SIGWINCH: "winch"}
 
-_WORKER_IGNORES = frozenset((signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
-                             signal.SIGWINCH))
+WORKER_IGNORES = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH)
 
 
 @dataclass
@@ -67,8 +79,13 @@ class WorkerProcess:
 class Master:
     """Runs in the master process; ``run()`` returns the exit status."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, argv: list[str] | None = None) -> None:
         self.config = config
+        self.argv = list(sys.argv[1:] if argv is None else argv)  # for a successor (USR2)
+        try:
+            self.launch_cwd = os.getcwd()  # where a successor is started (USR2)
+        except OSError:
+            self.launch_cwd = "/"
         self.listeners: list[Listener] = []
         self.app: Any = None
         self.workers: dict[int, WorkerProcess] = {}
@@ -82,22 +99,106 @@ class Master:
         self.stop_deadline = 0.0
         self.exit_status = 0
         self._signals: list[int] = []
+        self.identity: Identity | None = None
+        self.pidfile: Pidfile | None = None
+        self.daemon: privileges.Daemon | None = None
+        self.notifier = Notifier(os.environ)
+        self.predecessor: upgrade.Predecessor | None = None  # we were started by USR2
+        self.successor: upgrade.Successor | None = None  # we started one (USR2)
+        self.handed_over = False  # the successor is ready: sockets and pidfile are its own
+        self.ready = False
 
     # -- startup ------------------------------------------------------------------------------
 
     def _bind_all(self) -> bool:
         config = self.config
-        for protocol, addresses in (("http", config.http), ("uwsgi", config.uwsgi)):
-            for index, address in enumerate(addresses):
-                try:
-                    listener = bind(protocol, address, config.backlog, config.chmod_socket)
-                except OSError as exc:
-                    log.error("cannot listen on %s (--%s from %s): %s", address, protocol,
-                              config.origin(protocol, index), exc.strerror or exc)
-                    return False
-                self.listeners.append(listener)
-                log.info("listening at %s (%s)", listener.display, protocol)
+        wanted = [(protocol, address, index)
+                  for protocol, addresses in (("http", config.http), ("uwsgi", config.uwsgi))
+                  for index, address in enumerate(addresses)]
+        try:
+            self.listeners.extend(inherited_listeners(os.environ, [w[:2] for w in wanted]))
+        except (ValueError, OSError) as exc:
+            log.error("cannot use the inherited sockets: %s", exc)
+            return False
+        taken = {(listener.protocol, listener.source) for listener in self.listeners}
+        owner = None
+        if config.chown_socket:
+            owner = privileges.resolve_owner(config.chown_socket)
+        elif self.identity is not None:
+            owner = (self.identity.uid, self.identity.gid)
+        for protocol, address, index in wanted:
+            if (protocol, address) in taken:
+                continue
+            try:
+                listener = bind(protocol, address, config.backlog, config.chmod_socket, owner)
+            except OSError as exc:
+                log.error("cannot listen on %s (--%s from %s): %s", address, protocol,
+                          config.origin(protocol, index), exc.strerror or exc)
+                return False
+            self.listeners.append(listener)
         return True
+
+    def _start(self) -> bool:
+        """Everything before the workers, in order (see the module docstring)."""
+        config = self.config
+        self.predecessor = upgrade.predecessor_from(os.environ)
+        try:
+            privileges.apply_umask(config.umask)
+            self.identity = privileges.target_identity(config.uid, config.gid)
+            if self.identity is not None:
+                privileges.check_can_switch(self.identity)
+            if config.pidfile:
+                self.pidfile = Pidfile(config.pidfile)
+                self.pidfile.claim(self.predecessor.pid if self.predecessor else 0)
+        except StartupError as exc:
+            log.error("%s", exc)
+            return False
+        if not self._bind_all():
+            return False
+        try:
+            if config.daemonize and self.predecessor is None:
+                self.daemon = privileges.daemonize(config.daemonize)
+            for listener in self.listeners:  # (after daemonizing: into its log file)
+                log.info("listening at %s (%s)", listener.display, listener.protocol)
+            if self.pidfile is not None and self.predecessor is None:
+                self.pidfile.write()
+            if self.identity is not None:
+                if self.pidfile is not None:
+                    self.pidfile.hand_to(self.identity)
+                for listener in self.listeners:
+                    if listener.owned and listener.address.is_unix:
+                        privileges.warn_unremovable("socket", listener.address.path,
+                                                    self.identity)
+                privileges.drop_privileges(self.identity)
+        except StartupError as exc:
+            log.error("%s", exc)
+            return False
+        except OSError as exc:
+            log.error("--uid/--gid: cannot switch to uid %s gid %s: %s", config.uid or "-",
+                      config.gid or "-", exc.strerror or exc)
+            return False
+        return True
+
+    def _predecessor_serving(self) -> bool:
+        """A master started by USR2 that never became ready: the sockets are still its
+        predecessor's, which keeps serving on them."""
+        if self.predecessor is None or self.ready:
+            return False
+        try:
+            os.kill(self.predecessor.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    def _cleanup(self) -> None:
+        """On every exit the master controls: its sockets and pidfile go, unless handed over."""
+        keep = self.handed_over or self.successor is not None or self._predecessor_serving()
+        close_listeners(self.listeners, unlink=not keep)
+        if self.pidfile is not None:
+            self.pidfile.remove()
+        self.notifier.close()
 
     def _preload(self) -> bool:
         from drover.loader import describe_load_failure, load_configured_app, prepare_path
@@ -120,33 +221,34 @@ class Master:
                                       f"[{self.config.app or 'welcome'}]")
         except ImportError:  # pragma: no cover
             pass
-        if not self._bind_all():
-            close_listeners(self.listeners, unlink=True)
-            return 1
-        if (self.config.preload and (self.config.app or self.config.mount)
-                and not self._preload()):
-            close_listeners(self.listeners, unlink=True)
-            return 1
-        # Nearly every app loads OpenSSL (an HTTPS client, a database driver with TLS, Flask
-        # through its dependencies). Initialised here, before the fork, its pages are shared by
-        # all workers; initialised by each worker's first "import ssl", each pays again (3 MiB
-        # of libcrypto touched per worker: Flask's worker 32.0 -> 30.5 MiB RSS).
-        import ssl  # noqa: F401
+        # Handlers first: a signal during startup (binding, loading the app) is queued and acted
+        # on by the loop, rather than killing the master with its sockets and pidfile left.
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(wake_w)
         for signum in SIGNAL_NAMES:
             signal.signal(signum, self._queue_signal)
-        log.info("drover %s master starting %d worker(s) x %d thread(s) for %s",
-                 _version(), self.target, self.config.threads, self.config.app or "welcome page")
         try:
+            if not self._start():
+                return 1
+            if (self.config.preload and (self.config.app or self.config.mount)
+                    and not self._preload()):
+                return 1
+            # Nearly every app loads OpenSSL (an HTTPS client, a database driver with TLS, Flask
+            # through its dependencies). Initialised here, before the fork, its pages are shared
+            # by all workers; initialised by each worker's first "import ssl", each pays again
+            # (3 MiB of libcrypto touched per worker: Flask's worker 32.0 -> 30.5 MiB RSS).
+            import ssl  # noqa: F401
+            log.info("drover %s master starting %d worker(s) x %d thread(s) for %s",
+                     _version(), self.target, self.config.threads,
+                     self.config.app or "welcome page")
             self._loop(wake_r)
         finally:
             signal.set_wakeup_fd(-1)
             os.close(wake_r)
             os.close(wake_w)
-            close_listeners(self.listeners, unlink=True)
+            self._cleanup()
         log.info("master exiting (status %d)", self.exit_status)
         return self.exit_status
 
@@ -160,24 +262,34 @@ class Master:
             if not self.stopping:
                 self._manage_workers()
             timeout = 1.0
+            now = time.monotonic()
             if self.next_spawn:
-                timeout = max(0.0, min(timeout, self.next_spawn - time.monotonic()))
+                timeout = max(0.0, min(timeout, self.next_spawn - now))
+            watchdog = self.notifier.watchdog_timeout(now)
+            if watchdog is not None:
+                timeout = min(timeout, watchdog)
             pipes = {w.pipe: w for w in self.workers.values()}
+            waits = [wake_r, *pipes]
+            if self.successor is not None and self.successor.pipe >= 0:
+                waits.append(self.successor.pipe)
             try:
-                ready, _, _ = select.select([wake_r, *pipes], [], [], timeout)
+                ready, _, _ = select.select(waits, [], [], timeout)
             except InterruptedError:
                 ready = []
             for fd in ready:
                 if fd == wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 256)
-                else:
+                elif fd in pipes:
                     self._read_worker(pipes[fd])
+                else:
+                    self._read_successor()
             while self._signals:
                 signum = self._signals.pop(0)
                 getattr(self, "handle_" + SIGNAL_NAMES[signum])()
             self._reap()
             self._kill_stuck()
+            self.notifier.tick(time.monotonic())
             if self.stopping and not self.workers:
                 return
 
@@ -195,6 +307,51 @@ class Master:
             self.failures = 0
             log.info("worker %d (pid %d) ready", worker.worker_id, worker.pid)
             self._retire_one_old()
+            if not self.ready and not self.stopping and sum(
+                    w.booted for w in self._current()) >= self.target:
+                self._on_ready()
+
+    def _on_ready(self) -> None:
+        """The first generation of workers is up: tell whoever waits for it."""
+        self.ready = True
+        status = f"{self.target} worker(s) serving"
+        log.info("ready: %s", status)
+        if self.predecessor is not None:
+            if self.pidfile is not None:
+                try:
+                    self.pidfile.write()
+                except StartupError as exc:
+                    log.warning("%s", exc)
+            self.notifier.ready_as_successor(status)
+            self.predecessor.ready()
+        else:
+            self.notifier.ready(status)
+        if self.daemon is not None:
+            self.daemon.ready()
+
+    def _read_successor(self) -> None:
+        """The new master (USR2) wrote on its pipe: ready (b'R'), or it is gone (EOF)."""
+        successor = self.successor
+        assert successor is not None
+        try:
+            data = os.read(successor.pipe, 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data.startswith(b"R"):
+            successor.close()
+            log.info("the new master (pid %d) is ready; retiring this one (pid %d)",
+                     successor.pid, os.getpid())
+            self.handed_over = True
+            if not self.stopping:
+                self._begin_stop(signal.SIGHUP)  # as a reload: idle keep-alives drain
+            return
+        successor.close()
+        self.successor = None
+        log.error("the new master (pid %d) exited before it was ready (see above); this "
+                  "master (pid %d) keeps serving", successor.pid, os.getpid())
+        self.notifier.ready(f"{self.target} worker(s) serving (the upgrade failed)")
 
     def _reap(self) -> None:
         while True:
@@ -206,7 +363,7 @@ class Master:
                 return
             worker = self.workers.pop(pid, None)
             if worker is None:
-                continue
+                continue  # a successor master (USR2): its pipe tells how it went
             os.close(worker.pipe)
             code = os.waitstatus_to_exitcode(status)
             self._worker_exited(worker, code)
@@ -296,10 +453,11 @@ class Master:
             try:
                 signal.set_wakeup_fd(-1)
                 for signum in SIGNAL_NAMES:
-                    # Operators' signals meant for the master are ignored from here on, not
-                    # only once run_worker is imported: its imports take milliseconds.
-                    signal.signal(signum, signal.SIG_IGN if signum in _WORKER_IGNORES
-                                  else signal.SIG_DFL)
+                    signal.signal(signum, signal.SIG_DFL)
+                # Meant for the master: ignored from here, not only once run_worker (after
+                # importing the worker code) says so, or one sent now would kill the child.
+                for signum in WORKER_IGNORES:
+                    signal.signal(signum, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_NAMES)
                 os.close(read_fd)
                 for other in self.workers.values():
@@ -332,6 +490,7 @@ class Master:
         if len(old) <= 1 and all(w.booted for w in self._current()):
             log.info("reload complete")
             self.reload_from = None
+            self.notifier.ready(f"{self.target} worker(s) serving (reloaded)")
 
     def _abort_reload(self) -> None:
         assert self.reload_from is not None
@@ -342,6 +501,9 @@ class Master:
 
     def _begin_stop(self, signum: int) -> None:
         self.stopping = True
+        if not (self.handed_over or self.successor is not None or self._predecessor_serving()):
+            self.notifier.stopping("stopping")
+            unlink_unix_sockets(self.listeners)
         for worker in self.workers.values():
             worker.kill_at = 0.0
             self._stop_worker(worker, signum)
@@ -364,10 +526,12 @@ class Master:
     def handle_hup(self) -> None:
         if self.stopping:
             return
-        if self.config.preload and self.config.app:
-            log.warning("reloading workers; with --preload the code in the master is not "
-                        "re-read: restart Drover to load new code")
+        if self.config.preload and (self.config.app or self.config.mount):
+            # The code lives in the master: only a new master loads new code.
+            self._start_successor("SIGHUP with --preload")
+            return
         log.info("reloading: starting a new generation of %d worker(s)", self.target)
+        self.notifier.reloading("reloading workers")
         if self.reload_from is None:
             self.reload_from = self.generation
         self.generation += 1
@@ -390,7 +554,23 @@ class Master:
         log.info("SIGUSR1 ignored (no log file to reopen)")
 
     def handle_usr2(self) -> None:
-        log.info("SIGUSR2 ignored")
+        if not self.stopping:
+            self._start_successor("SIGUSR2")
+
+    def _start_successor(self, why: str) -> None:
+        if self.successor is not None:
+            log.warning("%s ignored: a new master (pid %d) was already started", why,
+                        self.successor.pid)
+            return
+        try:
+            self.successor = upgrade.start_successor(self.argv, self.launch_cwd, self.listeners,
+                                                     SIGNAL_NAMES)
+        except OSError as exc:
+            log.error("%s: cannot start a new master: %s", why, exc.strerror or exc)
+            return
+        log.info("%s: starting a new master (pid %d) that inherits the sockets", why,
+                 self.successor.pid)
+        self.notifier.reloading(f"starting a new master (pid {self.successor.pid})")
 
     def handle_winch(self) -> None:
         pass  # a terminal resize: nothing to do (its default action is already to ignore)
@@ -420,6 +600,7 @@ def _version() -> str:
     return __version__
 
 
-def run(config: Config) -> int:
+def run(config: Config, argv: list[str] | None = None) -> int:
+    """Runs the master; ``argv`` (the command line) is what a successor is started with."""
     sys.stdout.flush()
-    return Master(config).run()
+    return Master(config, argv).run()

@@ -1,15 +1,25 @@
-"""Listening sockets: parse addresses, bind TCP and unix sockets, clean up after.
+"""Listening sockets: parse addresses, bind TCP and unix sockets, adopt inherited ones, clean up.
 
 Runs in the master, before workers are forked; workers inherit the bound sockets.
+
+Sockets come from three places. ``bind`` makes a new one for an ``--http``/``--uwsgi`` address.
+``inherited_listeners`` adopts those a master is started with: from the master it replaces on
+USR2 (``DROVER_LISTEN_FDS``: one line ``FD PROTOCOL OWNED ADDRESS`` per socket, written by
+``handoff``), and from systemd's socket activation (``drover.systemd``). An inherited socket
+stands for the configured address it was made for, which is then not bound again.
+
+A unix socket file is removed on exit by the master that created it or took it over on USR2
+(``Listener.owned``), never by a master that handed it to a successor, and never when systemd
+made it (the socket unit owns its file).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
 import stat
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 
@@ -59,6 +69,8 @@ class Listener:
     protocol: str
     address: ListenAddress
     sock: socket.socket
+    source: str = ""  # the configured address text it stands for ("" from systemd, unmatched)
+    owned: bool = True  # a unix socket file this master removes on exit
 
     @property
     def display(self) -> str:
@@ -98,15 +110,31 @@ def _is_ipv4(host: str) -> bool:
     return True
 
 
-def bind(protocol: str, text: str, backlog: int, chmod: int | None) -> Listener:
-    """Bind and listen; called in the master before fork. Raises OSError with a clear message."""
+def bind(protocol: str, text: str, backlog: int, chmod: int | None,
+         owner: tuple[int, int] | None = None) -> Listener:
+    """Bind and listen; called in the master before fork. Raises OSError with a clear message.
+
+    ``owner`` (uid, gid; -1 keeps one) is given to a unix socket file (--chown-socket).
+    """
     address = parse_listen_address(text)
     if address.is_unix:
+        directory = os.path.dirname(os.path.abspath(address.path))
+        if not os.path.isdir(directory):
+            raise OSError(errno.ENOENT, f"directory {directory} does not exist")
         _remove_stale_unix_socket(address.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(address.path)
-        if chmod is not None:
-            os.chmod(address.path, chmod)
+        what = "mode (--chmod-socket)"
+        try:
+            if chmod is not None:
+                os.chmod(address.path, chmod)
+            what = "owner (--chown-socket)"
+            if owner is not None:
+                os.chown(address.path, *owner)
+        except OSError as exc:
+            sock.close()
+            os.unlink(address.path)
+            raise OSError(exc.errno, f"cannot set its {what}: {exc.strerror}") from None
     else:
         host = address.host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -126,13 +154,107 @@ def bind(protocol: str, text: str, backlog: int, chmod: int | None) -> Listener:
     sock.listen(backlog)
     sock.setblocking(False)
     sock.set_inheritable(True)
-    return Listener(protocol, address, sock)
+    return Listener(protocol, address, sock, text)
+
+
+def unlink_unix_sockets(listeners: list[Listener]) -> None:
+    """Remove the unix socket files this master owns (master: when a stop begins, and on exit).
+
+    Removed as soon as a graceful stop begins, a socket is no longer found by new clients
+    (nginx gets ENOENT before it sends anything and tries its next upstream), while the
+    connections already queued on it are still served.
+    """
+    for listener in listeners:
+        if listener.owned and listener.address.is_unix:
+            try:
+                os.unlink(listener.address.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                from drover.logs import log
+
+                log.warning("cannot remove the socket %s: %s", listener.address.path,
+                            exc.strerror or exc)
+            listener.owned = False
 
 
 def close_listeners(listeners: list[Listener], unlink: bool) -> None:
-    """Close sockets; the master also removes its unix socket files (on clean exit)."""
+    """Close sockets; the master also removes the unix socket files it owns (on exit)."""
+    if unlink:
+        unlink_unix_sockets(listeners)
     for listener in listeners:
         listener.sock.close()
-        if unlink and listener.address.is_unix:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(listener.address.path)
+
+
+# -- inherited sockets: from the master replaced on USR2, and from systemd -------------------
+
+HANDOFF_ENV = "DROVER_LISTEN_FDS"
+
+
+def handoff(listeners: list[Listener]) -> str:
+    """DROVER_LISTEN_FDS for a successor master (USR2); the sockets must be inheritable."""
+    return "\n".join(f"{listener.sock.fileno()} {listener.protocol} {int(listener.owned)} "
+                     f"{listener.source}" for listener in listeners)
+
+
+def _listener_for_fd(fd: int, protocol: str, source: str, owned: bool) -> Listener:
+    sock = socket.socket(fileno=fd)
+    if sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise ValueError(f"inherited fd {fd} is not a stream socket")
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        path = name.decode() if isinstance(name, bytes) else str(name)
+        address = ListenAddress(path=path)
+    else:
+        address = ListenAddress(host=str(name[0]), port=int(name[1]))
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return Listener(protocol, address, sock, source, owned)
+
+
+def _same_address(wanted: ListenAddress, bound: ListenAddress) -> bool:
+    if wanted.is_unix or bound.is_unix:
+        return (wanted.is_unix and bound.is_unix
+                and os.path.abspath(wanted.path) == os.path.abspath(bound.path))
+    if wanted.port != bound.port:
+        return False
+    wildcard = ("", "0.0.0.0", "::", "*")
+    return wanted.host.strip("[]") == bound.host or (wanted.host in wildcard
+                                                    and bound.host in wildcard)
+
+
+def inherited_listeners(environ: MutableMapping[str, str],
+                        wanted: list[tuple[str, str]]) -> list[Listener]:
+    """Sockets this master was started with (master, before binding; see the module docstring).
+
+    ``wanted``: the configured (protocol, address) pairs. Raises ValueError for a socket from
+    systemd that neither its name nor its address maps to a protocol. The variables are removed
+    from the environment, so workers, apps and successors never see them.
+    """
+    from drover import systemd
+
+    listeners = []
+    handed = environ.pop(HANDOFF_ENV, None)
+    for line in (handed or "").splitlines():
+        fd_text, protocol, owned, source = ([*line.split(" ", 3), "", "", ""])[:4]
+        if not fd_text.isdigit() or protocol not in ("http", "uwsgi"):
+            raise ValueError(f"{HANDOFF_ENV}: malformed line {line!r}")
+        listeners.append(_listener_for_fd(int(fd_text), protocol, source, owned == "1"))
+    for activated in systemd.listen_fds(environ):
+        listener = _listener_for_fd(activated.fd, activated.protocol or "http", "", False)
+        for protocol, text in wanted:
+            if _same_address(parse_listen_address(text), listener.address):
+                listener.protocol, listener.source = protocol, text
+                break
+        else:
+            if activated.protocol is None:
+                shown = (listener.address.path if listener.address.is_unix
+                         else f"{listener.address.host}:{listener.address.port}")
+                listener.sock.detach()
+                raise ValueError(
+                    f"systemd passed socket fd {activated.fd} ({shown}, name "
+                    f"{activated.name or 'unset'!r}) that matches no --http/--uwsgi address; "
+                    f"set FileDescriptorName=http or =uwsgi in the socket unit")
+        listeners.append(listener)
+    return listeners

@@ -7,6 +7,11 @@ each doing the stock ``include uwsgi_params; uwsgi_pass ...;``. It runs
 pid to stop), waits until every port answers, and returns an ``Nginx`` whose ``url(name)`` is
 the base URL in front of that upstream. ``Nginx.stop()`` ends it.
 
+``run_nginx(prefix, servers, ports)`` runs the same wrapper around ``server`` blocks of the
+caller's (a deploy/ site file, an ``upstream`` of several Drover instances). With
+``user="www-data"`` either runs as Debian's nginx does: a root master and workers that switch to
+that user (``master_process on``), so socket permissions are tested for real.
+
 nginx is required, not optional: the test command installs Debian's nginx-light, so a missing
 binary fails the test with a message saying so.
 """
@@ -51,7 +56,7 @@ uwsgi_param  SERVER_NAME        $server_name;
 """
 
 CONF_TEMPLATE = """\
-master_process off;
+{process}
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log info;
 
@@ -163,29 +168,45 @@ def _wait_answering(nginx: Nginx, deadline: float) -> None:
             time.sleep(0.05)
 
 
-def start_nginx(prefix: Path, upstreams: Mapping[str, str]) -> Nginx:
-    """Start nginx in ``prefix`` with a server per ``name -> Drover address`` (see above)."""
-    binary = find_nginx()
-    prefix.mkdir(parents=True, exist_ok=True)
-    (prefix / "temp").mkdir(exist_ok=True)
-    (prefix / "html").mkdir(exist_ok=True)
+def uwsgi_params(prefix: Path) -> str:
+    """The path of a uwsgi_params file (Debian's, else nginx's standard one in ``prefix``)."""
     if DEBIAN_UWSGI_PARAMS.is_file():
-        params = str(DEBIAN_UWSGI_PARAMS)
-    else:
-        params = str(prefix / "uwsgi_params")
-        Path(params).write_text(STANDARD_UWSGI_PARAMS)
+        return str(DEBIAN_UWSGI_PARAMS)
+    prefix.mkdir(parents=True, exist_ok=True)
+    params = prefix / "uwsgi_params"
+    params.write_text(STANDARD_UWSGI_PARAMS)
+    return str(params)
+
+
+def start_nginx(prefix: Path, upstreams: Mapping[str, str], *,
+                user: str | None = None) -> Nginx:
+    """Start nginx in ``prefix`` with a server per ``name -> Drover address`` (see above)."""
+    params = uwsgi_params(prefix)
     ports = {name: free_port() for name in upstreams}
     servers = "".join(
         SERVER_TEMPLATE.format(port=ports[name], prefix=prefix, params=params,
                                upstream=nginx_upstream(address))
         for name, address in upstreams.items())
-    (prefix / "nginx.conf").write_text(CONF_TEMPLATE.format(prefix=prefix, servers=servers))
+    return run_nginx(prefix, servers, ports, user=user)
+
+
+def run_nginx(prefix: Path, servers: str, ports: Mapping[str, int], *,
+              user: str | None = None) -> Nginx:
+    """Run nginx with the caller's ``server`` (and ``upstream``) blocks inside ``http``;
+    ``ports`` names the ports they listen on, each waited for (see the module docstring)."""
+    binary = find_nginx()
+    prefix.mkdir(parents=True, exist_ok=True)
+    (prefix / "temp").mkdir(exist_ok=True)
+    (prefix / "html").mkdir(exist_ok=True)
+    process = f"user {user};\nmaster_process on;" if user else "master_process off;"
+    (prefix / "nginx.conf").write_text(CONF_TEMPLATE.format(prefix=prefix, servers=servers,
+                                                            process=process))
     with open(prefix / "stderr.log", "wb") as log:
         proc = subprocess.Popen(
             [binary, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", "nginx.conf",
              "-g", "daemon off;"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
-    nginx = Nginx(proc, prefix, ports)
+    nginx = Nginx(proc, prefix, dict(ports))
     try:
         _wait_answering(nginx, time.monotonic() + START_TIMEOUT)
     except BaseException:

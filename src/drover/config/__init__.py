@@ -27,6 +27,9 @@ __all__ = ["Config", "ConfigError", "Loaded", "build_parser", "load", "load_conf
 
 DEFAULT_HTTP = "127.0.0.1:8000"
 
+# Set by a master for the master it starts on USR2 (drover.upgrade); not settings.
+INTERNAL_ENV = frozenset({"DROVER_LISTEN_FDS", "DROVER_UPGRADE_PIPE"})
+
 
 @dataclass(slots=True)
 class Loaded:
@@ -46,7 +49,8 @@ def _environment_layer(environ: Mapping[str, str], report: Report) -> list[Raw]:
     infos = {f.name: info for f, info in setting_infos()}
     raws: list[Raw] = []
     for key, text in environ.items():
-        if not key.startswith("DROVER_") or key.startswith("DROVER_TEST_"):
+        if (not key.startswith("DROVER_") or key.startswith("DROVER_TEST_")
+                or key in INTERNAL_ENV):
             continue
         name = known.get(key)
         if name is None:
@@ -127,8 +131,9 @@ def _parse(raw: Raw, info: SettingInfo, report: Report) -> Any:
         return None
 
 
-def resolve(layers: Sequence[list[Raw]], report: Report) -> Config:
-    """Parse the winning raw values of each setting; build the Config with its origins."""
+def resolve(layers: Sequence[list[Raw]], report: Report, inherits: bool = False) -> Config:
+    """Parse the winning raw values of each setting; build the Config with its origins.
+    ``inherits``: sockets come from systemd or a previous master (no default listener)."""
     infos = {f.name: info for f, info in setting_infos()}
     winners: dict[str, list[Raw]] = {}
     for layer in layers:
@@ -148,7 +153,7 @@ def resolve(layers: Sequence[list[Raw]], report: Report) -> Config:
         origins.append((name, tuple(raw.where for raw in raws)))
     if report.errors:
         raise ConfigError(*report.errors)
-    if not values.get("http") and not values.get("uwsgi"):
+    if not values.get("http") and not values.get("uwsgi") and not inherits:
         values["http"] = (DEFAULT_HTTP,)
         origins.append(("http", ("the default, as no --http or --uwsgi was given",)))
     return Config(**values, origins=tuple(origins))
@@ -168,7 +173,10 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Loaded:
     except ConfigError as exc:  # a file that cannot be read at all ends the reading
         raise ConfigError(*report.errors, *exc.problems) from None
     layers = [file_layer, _environment_layer(environ, report), _command_line_layer(args)]
-    config = resolve(layers, report)
+    from drover.systemd import listen_fds_pending
+
+    inherits = listen_fds_pending(environ) or bool(environ.get("DROVER_LISTEN_FDS"))
+    config = resolve(layers, report, inherits)
     return Loaded(config, report.notes, bool(getattr(args, PRINT_DEST, False)))
 
 

@@ -34,6 +34,7 @@ PROCESSES = "Processes"
 HTTP = "HTTP limits and timeouts"
 STATIC = "Static files"
 LOGGING = "Logging"
+DEPLOY = "Privileges, files and daemon"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +213,50 @@ def parse_log_level(text: str) -> str:
     return level
 
 
+def parse_user(text: str) -> str:
+    """A user name or uid that exists (checked now, so the error names the option)."""
+    from drover.privileges import resolve_user
+
+    resolve_user(text)
+    return text.strip()
+
+
+def parse_group(text: str) -> str:
+    from drover.privileges import resolve_group
+
+    resolve_group(text)
+    return text.strip()
+
+
+def parse_owner(text: str) -> str:
+    """``USER``, ``USER:GROUP`` or ``:GROUP``, each part a name or a number that exists."""
+    from drover.privileges import resolve_owner
+
+    resolve_owner(text)
+    return text.strip()
+
+
+def parse_path(text: str) -> str:
+    if not text.strip():
+        raise ValueError("the path is empty")
+    return text.strip()
+
+
 def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
+    """One per CPU this process may use: its CPU affinity (taskset, docker --cpuset-cpus) and,
+    in a container with a CPU quota (docker --cpus, Kubernetes limits), no more than that."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as file:  # cgroup v2, as a container sees it
+            quota, period = file.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 Origins = tuple[tuple[str, tuple[str, ...]], ...]
@@ -239,8 +282,8 @@ class Config:
         (), SOCKETS,
         "Serve HTTP/1.1 on ADDR: ':8000', '127.0.0.1:8000', '[::1]:8000', or a unix socket path "
         "('/run/app.sock' or 'unix:/run/app.sock'). Repeat for several. -b/--bind is the same "
-        "option. Without --http or --uwsgi, Drover serves HTTP on 127.0.0.1:8000; "
-        "'--http 0.0.0.0:8000' (or ':8000') listens on every interface.",
+        "option. Without --http or --uwsgi (and no sockets from systemd), Drover serves HTTP on "
+        "127.0.0.1:8000; '--http 0.0.0.0:8000' (or ':8000') listens on every interface.",
         parse_address, flags=("-b", "--bind", "--http"), metavar="ADDR", multi=True)
     uwsgi: tuple[str, ...] = setting(
         (), SOCKETS,
@@ -255,9 +298,46 @@ class Config:
     chmod_socket: int | None = setting(
         None, SOCKETS, "File mode of unix sockets Drover creates, in octal (e.g. 660).",
         parse_octal_mode, flags=("--chmod-socket",), metavar="MODE")
+    chown_socket: str = setting(
+        "", SOCKETS,
+        "Owner of unix sockets Drover creates: USER, USER:GROUP or :GROUP (names or numbers), "
+        "e.g. ':www-data' with --chmod-socket 660 lets nginx in. Default: the --uid/--gid user, "
+        "when given.",
+        parse_owner, flags=("--chown-socket",), metavar="USER[:GROUP]")
     backlog: int = setting(
         1024, SOCKETS, "Listen queue length of each socket (capped by net.core.somaxconn).",
         positive_int, flags=("--backlog",), metavar="N")
+
+    # -- Privileges, files and daemon
+    uid: str = setting(
+        "", DEPLOY,
+        "Run as this user (name or number) once the sockets are bound: the master drops to it "
+        "before loading the app, and the workers inherit it. Started as root only.",
+        parse_user, flags=("--user", "--uid"), metavar="USER")
+    gid: str = setting(
+        "", DEPLOY,
+        "Run as this group (name or number). Default with --uid: that user's primary group; "
+        "supplementary groups are the user's (initgroups).",
+        parse_group, flags=("--group", "--gid"), metavar="GROUP")
+    umask: int | None = setting(
+        None, DEPLOY, "The process umask, in octal (e.g. 027), set before anything is created.",
+        parse_octal_mode, flags=("--umask",), metavar="MODE")
+    pidfile: str = setting(
+        "", DEPLOY,
+        "Write the master's pid to FILE once the sockets are bound; removed on exit. A pidfile "
+        "of a master that is gone is replaced; one of a running master is an error.",
+        parse_path, flags=("--pid", "--pidfile"), metavar="FILE")
+    daemonize: str = setting(
+        "", DEPLOY,
+        "Detach into the background (double fork, new session) with stdout and stderr "
+        "appended to LOGFILE. The command returns once the workers are up (status 0), or "
+        "with status 1 if startup failed.",
+        parse_path, flags=("--daemonize",), metavar="LOGFILE")
+    vacuum: bool = setting(
+        True, DEPLOY,
+        "Accepted for uwsgi.ini files; always on: Drover removes its unix sockets and pidfile "
+        "whenever it exits by itself or on a signal.",
+        parse_bool, flags=("--vacuum",), switch=True)
 
     # -- Application
     app: str = setting(
@@ -300,7 +380,8 @@ class Config:
     # -- Processes
     workers: int = setting(
         default_workers(), PROCESSES,
-        "Worker processes. Default: the number of CPU cores.",
+        "Worker processes. Default: the number of CPU cores this process may use (its CPU "
+        "affinity, and a container's CPU quota).",
         positive_int, flags=("-w", "--workers"), metavar="N")
     threads: int = setting(
         1, PROCESSES,
