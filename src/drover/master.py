@@ -4,21 +4,31 @@ Theory of operation
 -------------------
 The master's loop waits (``select``) on a self-pipe that signal handlers write to, and on one
 pipe per worker. Signal handlers only queue the signal number; the loop then dispatches to
-``handle_<name>``, reads worker messages (``R``: booted, ``.``: heartbeat), reaps exited
-children, kills workers that are stuck, and brings the worker count back to its target.
+``handle_<name>``, reads worker messages, reaps exited children, kills workers that are stuck,
+and brings the worker count back to its target.
+
+Worker messages are single bytes: ``R`` booted, ``.`` heartbeat, ``H``/``F``/``K`` harakiri
+fired, freed, kill me (``drover.harakiri``), ``C`` a source file changed (``--reload``,
+``drover.reloader``), and ``Q`` with a reason up to a newline: recycle me
+(``drover.recycling``). Every line about a worker names its number, pid and generation: during
+a reload or a recycle, an old and a new worker share a number.
 
 - A worker that dies is replaced. A worker that dies before booting is replaced after a backoff
   that doubles (0.1 s up to 10 s), so a crashing app does not make the master spin.
 - A worker that exits with EXIT_APP_LOAD could not import the app. Before any worker ever
   booted, that ends the master (status 1): retrying cannot help. During a reload it aborts the
   reload and the old workers keep serving.
-- SIGHUP: a new generation of workers is started (re-importing the app unless --preload); as
-  each new worker reports that it booted, one old worker is told to stop gracefully. The
+- SIGHUP (also --touch-reload and --reload): a new generation of workers is started
+  (re-importing the app unless --preload), the first one alone, so that code that does not
+  load fails once; as each new worker reports that it booted, one old worker is told to stop
+  gracefully. The
   listening sockets stay open in the master throughout, so no connection is refused. Old
   workers are retired with SIGHUP, which lets idle keep-alive connections drain rather than
   cutting them (SIGTERM, for shutdown, closes idle connections at once).
+- Recycling (--max-requests, --reload-on-rss, --max-worker-lifetime): the worker's replacement
+  is forked first, and the worker retires once it is ready.
 - SIGTERM/SIGINT: workers stop gracefully within --graceful-timeout, then are killed; exit 0.
-  SIGQUIT: workers are told to exit at once.
+  A second SIGINT (Ctrl-C twice), or SIGQUIT: workers are told to exit at once.
 - SIGTTIN/SIGTTOU: one worker more or less.
 
 The master imports neither the protocol nor the WSGI code: workers import them after fork.
@@ -38,7 +48,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from drover.config import Config
+from drover.harakiri import Escalation
 from drover.logs import log
+from drover.recycling import RecyclePolicy
+from drover.reloader import PollingWatch
 from drover.sockets import Listener, bind, close_listeners
 
 EXIT_APP_LOAD = 3  # keep in step with drover.worker.process.EXIT_APP_LOAD (not imported: see above)
@@ -59,6 +72,15 @@ class WorkerProcess:
     last_beat: float
     booted: bool = False
     kill_at: float = 0.0  # set when told to stop: SIGKILL after this
+    recycling: str = ""  # why it is being replaced (it retires once its replacement is ready)
+    replaces: WorkerProcess | None = None  # the recycled worker this one replaces
+    harakiri_at: float = 0.0  # when a request of it passed --harakiri (0.0: none stuck)
+    harakiri_count: int = 0  # requests of this worker ended by harakiri (read by stats)
+    messages: bytes = b""  # an incomplete message read from its pipe
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.worker_id} (pid {self.pid}, generation {self.generation})"
 
 
 class Master:
@@ -76,9 +98,14 @@ class Master:
         self.failures = 0
         self.next_spawn = 0.0
         self.stopping = False
+        self.quitting = False  # stopping at once (SIGQUIT, a second SIGINT)
         self.stop_deadline = 0.0
         self.exit_status = 0
         self._signals: list[int] = []
+        self.recycle = RecyclePolicy(config)
+        self.escalation = Escalation(config.harakiri_grace)
+        self.touch_watch = PollingWatch(config.touch_reload) if config.touch_reload else None
+        self.next_policy_check = 0.0
 
     # -- startup ------------------------------------------------------------------------------
 
@@ -119,7 +146,7 @@ class Master:
             import setproctitle
 
             setproctitle.setproctitle(f"{self.config.proc_name}: master "
-                                      f"[{self.config.app or 'welcome'}]")
+                                      f"[{self.config.app_title()}]")
         except ImportError:  # pragma: no cover
             pass
         if not self._bind_all():
@@ -141,7 +168,11 @@ class Master:
         for signum in SIGNAL_NAMES:
             signal.signal(signum, self._queue_signal)
         log.info("drover %s master starting %d worker(s) x %d thread(s) for %s",
-                 _version(), self.target, self.config.threads, self.config.app or "welcome page")
+                 _version(), self.target, self.config.threads,
+                 self.config.app_description())
+        if self.config.reload and self.config.preload:
+            log.warning("--reload with --preload: the code imported in the master is not "
+                        "re-read when it changes")
         try:
             self._loop(wake_r)
         finally:
@@ -182,6 +213,24 @@ class Master:
             self._kill_stuck()
             if self.stopping and not self.workers:
                 return
+            now = time.monotonic()
+            if now >= self.next_policy_check and not self.stopping:
+                self.next_policy_check = now + 1.0
+                self._check_policies(now)
+
+    def _check_policies(self, now: float) -> None:
+        """Once a second: --touch-reload files, --reload-on-rss, --max-worker-lifetime."""
+        if self.touch_watch is not None:
+            changed = self.touch_watch.check(self.config.touch_reload)
+            if changed:
+                log.info("%s changed (--touch-reload)", ", ".join(changed))
+                self.handle_hup()
+        if self.recycle.active:
+            for worker in self._current():
+                if worker.booted and not worker.recycling:
+                    reason = self.recycle.reason(worker.pid, worker.started, now)
+                    if reason:
+                        self._begin_recycle(worker, reason)
 
     def _read_worker(self, worker: WorkerProcess) -> None:
         try:
@@ -190,13 +239,67 @@ class Master:
             data = b""
         if not data:
             return  # closed: reaping handles the exit
-        worker.last_beat = time.monotonic()
-        if b"R" in data and not worker.booted:
-            worker.booted = True
-            self.ever_booted = True
-            self.failures = 0
-            log.info("worker %d (pid %d) ready", worker.worker_id, worker.pid)
-            self._retire_one_old()
+        now = worker.last_beat = time.monotonic()
+        data = worker.messages + data
+        worker.messages = b""
+        pos = 0
+        while pos < len(data):
+            code = data[pos:pos + 1]
+            pos += 1
+            if code == b".":
+                continue
+            if code == b"R":
+                self._worker_ready(worker)
+            elif code in b"HFK":
+                self._harakiri_report(worker, code, now)
+            elif code == b"C":
+                self._code_changed(worker)
+            elif code == b"Q":
+                end = data.find(b"\n", pos)
+                if end < 0:
+                    worker.messages = data[pos - 1:]  # the rest comes with the next read
+                    return
+                reason = data[pos:end].decode("utf-8", "replace")
+                pos = end + 1
+                if worker.generation == self.generation and not self.stopping:
+                    self._begin_recycle(worker, reason)
+
+    def _worker_ready(self, worker: WorkerProcess) -> None:
+        if worker.booted:
+            return
+        worker.booted = True
+        self.ever_booted = True
+        self.failures = 0
+        old = worker.replaces
+        worker.replaces = None
+        if old is not None:
+            log.info("%s ready; retiring %s", worker.label, old.label)
+            self._stop_worker(old, signal.SIGHUP, self.recycle.mercy)
+        else:
+            log.info("%s ready", worker.label)
+        self._retire_one_old()
+
+    def _begin_recycle(self, worker: WorkerProcess, reason: str) -> None:
+        """Replace ``worker``: its replacement is forked now (it no longer counts towards
+        --workers) and it retires once that one is ready (``_worker_ready``)."""
+        if worker.recycling or worker.kill_at:
+            return
+        worker.recycling = reason
+        log.info("recycling %s: %s; it serves on until its replacement is ready",
+                 worker.label, reason)
+
+    def _harakiri_report(self, worker: WorkerProcess, code: bytes, now: float) -> None:
+        if self.escalation.report(worker, code, now) and not worker.kill_at:
+            log.error("killing %s: its request is still running --harakiri-grace %g s "
+                      "after harakiri", worker.label, self.config.harakiri_grace)
+            self._kill_now(worker)
+
+    def _code_changed(self, worker: WorkerProcess) -> None:
+        """--reload: a worker of the current generation saw a source file change (the old
+        generation's reports are about code the new one has imported already)."""
+        if worker.generation == self.generation and not self.stopping:
+            log.info("source files changed (--reload)")
+            self.handle_hup()
 
     def _reap(self) -> None:
         while True:
@@ -214,13 +317,18 @@ class Master:
             self._worker_exited(worker, code)
 
     def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
-        told_to_stop = bool(worker.kill_at)
         how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-        if told_to_stop and code in (0, -signal.SIGKILL, -signal.SIGTERM, -signal.SIGHUP):
-            log.info("worker %d (pid %d) stopped", worker.worker_id, worker.pid)
+        for other in self.workers.values():
+            if other.replaces is worker:
+                other.replaces = None  # gone before its replacement was ready
+        if worker.kill_at:  # told to stop (or killed): never replaced as such
+            if code in (0, -signal.SIGKILL, -signal.SIGTERM, -signal.SIGHUP):
+                log.info("%s stopped", worker.label)
+            else:
+                log.info("%s stopped (%s)", worker.label, how)
             return
         if self.stopping:
-            log.info("worker %d (pid %d) exited (%s)", worker.worker_id, worker.pid, how)
+            log.info("%s exited (%s)", worker.label, how)
             return
         if code == EXIT_APP_LOAD:
             if not self.ever_booted:
@@ -233,13 +341,21 @@ class Master:
                           "the old workers keep serving")
                 self._abort_reload()
                 return
+        replaced = worker.generation == self.generation and not worker.recycling
+        if worker.recycling:
+            then = "its replacement is on its way"
+        elif replaced:
+            then = "replacing it"
+        else:
+            then = "not replaced: the reload replaces its generation"
         if code == 0 and not worker.booted:
             pass
         elif code == 0:
-            log.info("worker %d (pid %d) exited; replacing it", worker.worker_id, worker.pid)
+            log.info("%s exited; %s", worker.label, then)
         else:
-            log.error("worker %d (pid %d) died (%s); replacing it", worker.worker_id,
-                      worker.pid, how)
+            log.error("%s died (%s); %s", worker.label, how, then)
+        if not replaced:
+            return
         if not worker.booted or time.monotonic() - worker.started < 1.0:
             self.failures += 1
             delay = min(10.0, 0.1 * 2 ** (self.failures - 1))
@@ -253,20 +369,26 @@ class Master:
         for worker in list(self.workers.values()):
             if worker.kill_at:
                 if now > worker.kill_at:
-                    log.warning("worker %d (pid %d) did not stop in time; killing",
-                                worker.worker_id, worker.pid)
+                    log.warning("%s did not stop in time; killing it", worker.label)
                     _kill(worker.pid, signal.SIGKILL)
                     worker.kill_at = now + 3600
+            elif self.escalation.overdue(worker, now):
+                log.error("killing %s: its request is still running --harakiri-grace %g s "
+                          "after harakiri", worker.label, self.config.harakiri_grace)
+                self._kill_now(worker)
             elif timeout and now - worker.last_beat > max(timeout, 2.0 if worker.booted else 60):
-                log.error("worker %d (pid %d) %s for %.0f s (--timeout); killing it",
-                          worker.worker_id, worker.pid,
+                log.error("%s %s for %.0f s (--timeout); killing it", worker.label,
                           "stuck" if worker.booted else "not booted", now - worker.last_beat)
-                _kill(worker.pid, signal.SIGKILL)
-                worker.kill_at = now + 3600
+                self._kill_now(worker)
+
+    def _kill_now(self, worker: WorkerProcess) -> None:
+        _kill(worker.pid, signal.SIGKILL)
+        worker.kill_at = time.monotonic() + 3600
 
     def _current(self) -> list[WorkerProcess]:
+        """The workers that count towards --workers (neither leaving nor being replaced)."""
         return [w for w in self.workers.values()
-                if w.generation == self.generation and not w.kill_at]
+                if w.generation == self.generation and not w.kill_at and not w.recycling]
 
     def _manage_workers(self) -> None:
         current = self._current()
@@ -275,15 +397,23 @@ class Master:
                                                                           self.target]:
                 self._stop_worker(worker, signal.SIGHUP)
         elif len(current) < self.target and time.monotonic() >= self.next_spawn:
+            if self.reload_from is not None and current and not any(w.booted for w in current):
+                return  # a reload's first worker must boot before the others are forked
             self.next_spawn = 0.0
             used = {w.worker_id for w in current}
             free = (i for i in range(1, self.target + 1) if i not in used)
+            # Recycled workers waiting for their replacement, by number.
+            leaving = {w.worker_id: w for w in self.workers.values()
+                       if w.recycling and not w.kill_at and w.generation == self.generation
+                       and not any(o.replaces is w for o in self.workers.values())}
             for _ in range(self.target - len(current)):
-                self._spawn(next(free))
-                if self.failures:
-                    break  # one at a time while workers fail at start
+                worker_id = next(free)
+                new = self._spawn(worker_id)
+                new.replaces = leaving.get(worker_id)
+                if self.failures or (self.reload_from is not None and not current):
+                    break  # one at a time while workers fail at start, or a reload begins
 
-    def _spawn(self, worker_id: int) -> None:
+    def _spawn(self, worker_id: int) -> WorkerProcess:
         read_fd, write_fd = os.pipe()
         # Signals are blocked across fork: until the child has reset the master's handlers, a
         # signal meant for it would land in the master's queue copy and be lost. Once
@@ -305,19 +435,27 @@ class Master:
                     os.close(other.pipe)
                 from drover.worker import run_worker
 
-                run_worker(self.config, self.listeners, self.app, worker_id, write_fd)
+                run_worker(self.config, self.listeners, self.app, worker_id, self.generation,
+                           write_fd)
             finally:
                 os._exit(1)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_NAMES)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         now = time.monotonic()
-        self.workers[pid] = WorkerProcess(pid, worker_id, self.generation, read_fd, now, now)
-        log.info("booting worker %d (pid %d)", worker_id, pid)
+        worker = WorkerProcess(pid, worker_id, self.generation, read_fd, now, now)
+        self.workers[pid] = worker
+        log.info("booting %s", worker.label)
+        return worker
 
-    def _stop_worker(self, worker: WorkerProcess, signum: int) -> None:
+    def _stop_worker(self, worker: WorkerProcess, signum: int,
+                     within: float | None = None) -> None:
+        """Tell ``worker`` to stop; it is killed if still there ``within`` seconds (default:
+        --graceful-timeout) and a second later."""
         if not worker.kill_at:
-            worker.kill_at = time.monotonic() + self.config.graceful_timeout + 1.0
+            if within is None:
+                within = self.config.graceful_timeout
+            worker.kill_at = time.monotonic() + within + 1.0
             _kill(worker.pid, signum)
 
     def _retire_one_old(self) -> None:
@@ -341,6 +479,7 @@ class Master:
 
     def _begin_stop(self, signum: int) -> None:
         self.stopping = True
+        self.quitting = self.quitting or signum == signal.SIGQUIT
         for worker in self.workers.values():
             worker.kill_at = 0.0
             self._stop_worker(worker, signum)
@@ -354,7 +493,14 @@ class Master:
             log.info("graceful stop requested")
             self._begin_stop(signal.SIGTERM)
 
-    handle_int = handle_term
+    def handle_int(self) -> None:
+        """Ctrl-C: a graceful stop; pressed again, a stop at once."""
+        if self.stopping and not self.quitting:
+            log.info("SIGINT again: stopping at once")
+            self._begin_stop(signal.SIGQUIT)
+        elif not self.stopping:
+            log.info("graceful stop requested (SIGINT; again to stop at once)")
+            self._begin_stop(signal.SIGTERM)
 
     def handle_quit(self) -> None:
         log.info("immediate stop requested")
@@ -380,7 +526,9 @@ class Master:
     def handle_ttou(self) -> None:
         if self.target > 1:
             self.target -= 1
-        log.info("SIGTTOU: %d worker(s)", self.target)
+            log.info("SIGTTOU: %d worker(s)", self.target)
+        else:
+            log.info("SIGTTOU ignored: already down to one worker")
 
     def handle_chld(self) -> None:
         pass  # reaping happens in the loop

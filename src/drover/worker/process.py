@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from drover.config import Config
+from drover.harakiri import HarakiriWatch
 from drover.logs import log
 from drover.protocols.http import HttpLimits
+from drover.recycling import max_requests_for
 from drover.sockets import Listener
 from drover.worker.connection import Connection, UwsgiHandler
 from drover.worker.loop_thread import LoopThread
@@ -29,11 +31,12 @@ class Worker:
     """The worker process: its loop threads and its main (control) thread."""
 
     def __init__(self, config: Config, listeners: list[Listener], app: WsgiApp,
-                 worker_id: int, pipe: int) -> None:
+                 worker_id: int, generation: int, pipe: int) -> None:
         self.config = config
         self.listeners = listeners
         self.app = app
         self.worker_id = worker_id
+        self.label = f"worker {worker_id} (pid {os.getpid()}, generation {generation})"
         self.pipe = pipe
         self.limits = HttpLimits(
             request_line=config.limit_request_line, fields=config.limit_request_fields,
@@ -41,8 +44,10 @@ class Worker:
             header_block=config.limit_request_headers, body=config.limit_request_body,
             spill=config.body_buffer_size)
         self.served = 0  # requests answered, over all loop threads (approximate: no lock)
-        self.max_requests = config.max_requests or -1
-        self.retiring = False
+        self.max_requests = max_requests_for(config)
+        self.retiring = False  # asked the master for a replacement
+        self.harakiri_count = 0  # requests ended by --harakiri (read by stats)
+        self.harakiri: HarakiriWatch | None = None
         self.environs = {
             id(listener): base_environ(config.threads > 1, config.workers > 1)
             for listener in listeners}
@@ -55,6 +60,8 @@ class Worker:
                 ipaddress.ip_network(net, strict=False)
                 for net in (config.uwsgi_allow_from or ("127.0.0.0/8", "::1/128"))]
         self.threads = [LoopThread(self, i) for i in range(config.threads)]
+        if config.harakiri:
+            self.harakiri = HarakiriWatch(self)
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -86,13 +93,19 @@ class Worker:
                 self._uwsgi_peers[host] = allowed
         return allowed
 
+    def tell_master(self, message: bytes) -> None:
+        """A message on the pipe to the master (any thread: one write of under PIPE_BUF
+        bytes is atomic)."""
+        with contextlib.suppress(OSError):
+            os.write(self.pipe, message)
+
     def recycle(self) -> None:
-        """--max-requests reached (on a loop thread): retire; the master replaces us."""
+        """--max-requests reached (on a loop thread): ask the master for a replacement and
+        serve on; it tells us to retire (SIGHUP) once the replacement is ready."""
         if not self.retiring:
             self.retiring = True
-            log.info("worker %d served %d requests (--max-requests): recycling",
-                     self.worker_id, self.served)
-            os.kill(os.getpid(), signal.SIGHUP)
+            self.tell_master(f"Qit served {self.served} requests (--max-requests "
+                             f"{self.max_requests})\n".encode())
 
     def _accept(self, listener: Listener) -> None:
         """Main thread, threads > 1: accept what is queued, each to the least loaded loop."""
@@ -108,9 +121,16 @@ class Worker:
             # (the loop's adopt_socket makes it non-blocking and sets TCP_NODELAY)
             # Fewest connections first (a burst spreads evenly); among equals, one not inside
             # the app right now.
-            target = min(threads, key=lambda t: (t.assigned - t.released, t.in_app))
+            target = min(threads, key=lambda t: (t.assigned - t.released,
+                                                 t.in_app is not None))
             target.assigned += 1
             target.loop.call_soon_threadsafe(target.adopt, conn, listener)
+
+    def _code_changed(self, paths: list[str]) -> None:
+        """--reload (the watcher's thread): a source file changed; the master reloads."""
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        log.info("%s: %s changed (--reload)", self.label, shown)
+        self.tell_master(b"C")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)  # only queue: the main loop acts (no work in handlers)
@@ -123,7 +143,13 @@ class Worker:
             signal.signal(handled, self._on_signal)
         for lt in self.threads:
             lt.thread.start()
+        if self.config.reload:
+            from drover.reloader import ModuleWatcher
+
+            ModuleWatcher(self._code_changed).start()
         os.write(self.pipe, b"R")
+        harakiri = self.harakiri
+        wait = 1.0
         master = os.getppid()
         stopping = False
         accepting = {listener.sock.fileno(): listener for listener in self.listeners
@@ -131,7 +157,7 @@ class Worker:
         next_beat = 0.0
         while True:
             try:
-                ready, _, _ = select.select([wake_r, *accepting], [], [], 1.0)
+                ready, _, _ = select.select([wake_r, *accepting], [], [], wait)
             except InterruptedError:
                 ready = []
             for fd in ready:
@@ -147,7 +173,7 @@ class Worker:
                     stopping = True
                     accepting.clear()
                     drain = signum == signal.SIGHUP  # retiring: reload, recycling, TTOU
-                    log.info("worker %d %s", self.worker_id,
+                    log.info("%s %s", self.label,
                              "retiring" if drain else "stopping gracefully")
                     for lt in self.threads:
                         lt.loop.call_soon_threadsafe(lt.begin_stop, drain)
@@ -156,19 +182,23 @@ class Worker:
                     break
                 continue
             if os.getppid() != master:
-                log.warning("worker %d: master is gone, stopping", self.worker_id)
+                log.warning("%s: master is gone, stopping", self.label)
                 self._signals.append(signal.SIGTERM)
                 continue
             dead = [lt.index for lt in self.threads if not lt.thread.is_alive()]
             if dead:
-                log.error("worker %d: loop thread(s) %s died; exiting", self.worker_id, dead)
+                log.error("%s: loop thread(s) %s died; exiting", self.label, dead)
                 os._exit(1)
             now = time.monotonic()
+            if harakiri is not None:
+                wait = min(1.0, harakiri.check(now))
             if now >= next_beat:
                 next_beat = now + 1.0
-                if all(now - lt.last_tick < 3.0 for lt in self.threads):
-                    with contextlib.suppress(OSError):
-                        os.write(self.pipe, b".")
+                # With --harakiri a loop inside the app is harakiri's to end: the heartbeat
+                # (--timeout) stops only for a loop stuck elsewhere.
+                if all(now - lt.last_tick < 3.0 or (harakiri is not None and lt.in_app)
+                       for lt in self.threads):
+                    self.tell_master(b".")
         sys.stderr.flush()
         os._exit(0)
 
@@ -186,13 +216,13 @@ def load_worker_app(config: Config, listeners: list[Listener]) -> WsgiApp:
 
 
 def run_worker(config: Config, listeners: list[Listener], app: WsgiApp | None,
-               worker_id: int, pipe: int) -> None:
+               worker_id: int, generation: int, pipe: int) -> None:
     """Entry point in the child after fork; never returns."""
     try:
         import setproctitle
 
         setproctitle.setproctitle(f"{config.proc_name}: worker {worker_id} "
-                                  f"[{config.app or 'welcome'}]")
+                                  f"[{config.app_title()}]")
     except ImportError:  # pragma: no cover - a hard dependency, but titles are cosmetic
         pass
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
@@ -218,9 +248,9 @@ def run_worker(config: Config, listeners: list[Listener], app: WsgiApp | None,
             sys.stderr.flush()
             os._exit(EXIT_APP_LOAD)
     try:
-        Worker(config, listeners, app, worker_id, pipe).run()
+        Worker(config, listeners, app, worker_id, generation, pipe).run()
     except BaseException:
-        log.exception("worker %d failed", worker_id)
+        log.exception("worker %d (pid %d) failed", worker_id, os.getpid())
         sys.stderr.flush()
         os._exit(1)
 
