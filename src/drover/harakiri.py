@@ -165,10 +165,19 @@ class HarakiriWatch:
             lost.append(f"{environ.get('REQUEST_METHOD')} {environ.get('REQUEST_URI')} "
                         f"(thread {other.index}, running "
                         f"{now - (current.began or other.last_serve):.1f} s)")
-        busy = sum(1 for other in self.worker.threads if other.index not in self.claimed
-                   for conn in list(other.connections) if conn.busy)
+        # Connections are the loop threads' own: a copy of each set is taken at once (list()
+        # of a set runs under the GIL) and read, never changed.
+        busy = waiting = 0
+        for other in self.worker.threads:
+            for conn in list(other.connections):
+                if conn.parser.events:
+                    waiting += 1  # requests read, not served yet (behind a stuck one)
+                elif conn.busy and other.index not in self.claimed:
+                    busy += 1
         if busy:
             lost.append(f"{busy} response(s) being streamed")
+        if waiting:
+            lost.append(f"{waiting} connection(s) with requests waiting to be served")
         log.error("harakiri: %s, thread %d, is still stuck %.1f s after harakiri "
                   "(--harakiri-grace %g): the master kills this worker. Lost with it: %s",
                   self.worker.label, lt.index, after, self.grace,

@@ -178,8 +178,14 @@ class Worker:
                     for lt in self.threads:
                         lt.loop.call_soon_threadsafe(lt.begin_stop, drain)
             if stopping:
-                if not any(lt.thread.is_alive() for lt in self.threads):
+                # Threads stuck in a request harakiri already answered have nothing left to
+                # finish: they do not hold up the stop.
+                if all(not lt.thread.is_alive()
+                       or (harakiri is not None and lt.index in harakiri.claimed)
+                       for lt in self.threads):
                     break
+                if harakiri is not None:
+                    wait = min(1.0, harakiri.check(time.monotonic()))
                 continue
             if os.getppid() != master:
                 log.warning("%s: master is gone, stopping", self.label)
