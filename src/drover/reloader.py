@@ -172,10 +172,15 @@ class ModuleWatcher:
 
     def __init__(self, on_change: Callable[[list[str]], None]) -> None:
         self.on_change = on_change
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="reload-watch", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
+
+    def stop(self) -> None:
+        """The thread ends within a second (a worker simply exits instead)."""
+        self.stopped.set()
 
     def _run(self) -> None:
         try:
@@ -183,7 +188,7 @@ class ModuleWatcher:
         except OSError as exc:  # out of inotify watches part-way: poll instead
             log.warning("--reload: %s; polling instead", exc)
             watch = PollingWatch(module_files())
-        while True:
+        while not self.stopped.is_set():
             changed = watch.wait(1.0)
             if changed:
                 self.on_change(sorted(changed))
@@ -193,3 +198,4 @@ class ModuleWatcher:
                 log.warning("--reload: %s; polling instead", exc)
                 watch.close()
                 watch = PollingWatch(module_files())
+        watch.close()
