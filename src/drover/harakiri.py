@@ -43,7 +43,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from typing import TYPE_CHECKING, Protocol
 
 from drover.logs import log
@@ -188,6 +187,8 @@ class HarakiriWatch:
 def app_stack(frame: object) -> list[str]:
     """A thread's stack as traceback lines, from the first frame that is not Drover's or the
     threading module's: where the app is."""
+    import traceback  # only when harakiri strikes
+
     entries = traceback.extract_stack(frame)  # type: ignore[arg-type]
     start = 0
     for i, entry in enumerate(entries):

@@ -24,7 +24,6 @@ Imported by the master and by workers: stdlib only.
 from __future__ import annotations
 
 import os
-import random
 
 from drover.config import Config
 
@@ -38,7 +37,11 @@ def max_requests_for(config: Config) -> int:
     if not config.max_requests:
         return -1
     jitter = config.max_requests_jitter
-    return config.max_requests + (random.randint(0, jitter) if jitter else 0)
+    if not jitter:
+        return config.max_requests
+    import random
+
+    return config.max_requests + random.randint(0, jitter)
 
 
 def rss_bytes(pid: int) -> int | None:

@@ -27,7 +27,6 @@ Imported by the master and by workers: stdlib only.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import struct
@@ -93,6 +92,10 @@ class InotifyWatch(PollingWatch):
     """inotify on the files' directories; raises OSError where inotify cannot be used."""
 
     def __init__(self, paths: Iterable[str] = ()) -> None:
+        import ctypes  # here, not at the top: the master imports this module, and workers
+        # that do not --reload need not carry ctypes
+
+        self._ctypes = ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         self._add_watch = libc.inotify_add_watch
         self._add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
@@ -114,7 +117,7 @@ class InotifyWatch(PollingWatch):
             if directory not in self.watched_dirs:
                 wd = self._add_watch(self.fd, os.fsencode(directory), _DIR_MASK)
                 if wd < 0:
-                    errno = ctypes.get_errno()
+                    errno = self._ctypes.get_errno()
                     raise OSError(errno, f"inotify_add_watch({directory}): "
                                   f"{os.strerror(errno)}")
                 self.dirs[wd] = directory
