@@ -4,6 +4,7 @@ its worker killed and replaced if it does not return within --harakiri-grace."""
 from __future__ import annotations
 
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -184,7 +185,7 @@ def test_with_threads_the_other_requests_of_a_killed_worker_are_logged_as_lost(
     victim = threading.Thread(target=lambda: other.append(get_raw(server, "/slow?600")),
                               daemon=True)
     victim.start()
-    server.wait_for_log(r"Lost with it: GET /slow\?600 \(thread 1, running [\d.]+ s\)")
+    server.wait_for_log(r"Lost with it: GET /slow\?600 \(thread [01], running [\d.]+ s\)")
     server.wait_for_log(r"worker 1 \(pid \d+, generation 0\) ready.*\n(?:.*\n)*.*"
                         r"worker 1 \(pid \d+, generation 0\) ready")
     victim.join(15)
@@ -202,3 +203,13 @@ def test_with_harakiri_a_long_request_is_harakiris_not_the_heartbeat_timeouts(
     assert answer.startswith(b"HTTP/1.1 504 ")
     server.wait_for_log(r"its late response was discarded")
     assert "(--timeout)" not in server.log()
+
+
+def test_a_graceful_stop_does_not_wait_for_a_request_harakiri_ended(drover: DroverLauncher,
+                                                                    tmp_path: Path) -> None:
+    """Its client has its 504: nothing is left to finish, whatever --graceful-timeout says."""
+    server = serve_slow_app(drover, tmp_path, "--workers", "1", "--harakiri", "1",
+                            "--harakiri-grace", "120", "--graceful-timeout", "120")
+    answer = get_raw(server, "/slow?600")
+    assert answer.startswith(b"HTTP/1.1 504 ")
+    assert server.stop(signal.SIGTERM, timeout=20) == 0

@@ -119,9 +119,11 @@ class Worker:
                 log.warning("accept failed: %s", exc)
                 return
             # (the loop's adopt_socket makes it non-blocking and sets TCP_NODELAY)
-            # Fewest connections first (a burst spreads evenly); among equals, one not inside
-            # the app right now.
-            target = min(threads, key=lambda t: (t.assigned - t.released,
+            # Never a thread stuck in a request harakiri ended, if another is left (what it
+            # holds is lost if the worker is killed); then fewest connections first (a burst
+            # spreads evenly); among equals, one not inside the app right now.
+            stuck = self.harakiri.claimed if self.harakiri is not None else {}
+            target = min(threads, key=lambda t: (t.index in stuck, t.assigned - t.released,
                                                  t.in_app is not None))
             target.assigned += 1
             target.loop.call_soon_threadsafe(target.adopt, conn, listener)
