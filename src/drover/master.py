@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drover.config import Config
-from drover.harakiri import Escalation
+from drover.harakiri import FIRED, Escalation
 from drover.logs import log
 from drover.recycling import RecyclePolicy
 from drover.reloader import PollingWatch
@@ -60,6 +60,9 @@ SIGNAL_NAMES: dict[int, str] = {
     signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGQUIT: "quit", signal.SIGHUP: "hup",
     signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld",
     signal.SIGUSR1: "usr1", signal.SIGUSR2: "usr2", signal.SIGWINCH: "winch"}
+# Ignored by workers (they are the master's to act on); keep in step with drover.worker.process.
+WORKER_IGNORES = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
+                            signal.SIGWINCH})
 
 
 @dataclass
@@ -106,6 +109,9 @@ class Master:
         self.escalation = Escalation(config.harakiri_grace)
         self.touch_watch = PollingWatch(config.touch_reload) if config.touch_reload else None
         self.next_policy_check = 0.0
+        # Requests ended by harakiri, per worker number, over all its processes (never reset,
+        # as uWSGI's harakiri_count: read by stats).
+        self.harakiri_count: dict[int, int] = {}
 
     # -- startup ------------------------------------------------------------------------------
 
@@ -289,7 +295,11 @@ class Master:
                  worker.label, reason)
 
     def _harakiri_report(self, worker: WorkerProcess, code: bytes, now: float) -> None:
-        if self.escalation.report(worker, code, now) and not worker.kill_at:
+        kill = self.escalation.report(worker, code, now)
+        if code == FIRED:
+            number = worker.worker_id
+            self.harakiri_count[number] = self.harakiri_count.get(number, 0) + 1
+        if kill and not worker.kill_at:
             log.error("killing %s: its request is still running --harakiri-grace %g s "
                       "after harakiri", worker.label, self.config.harakiri_grace)
             self._kill_now(worker)
@@ -428,7 +438,11 @@ class Master:
             try:
                 signal.set_wakeup_fd(-1)
                 for signum in SIGNAL_NAMES:
-                    signal.signal(signum, signal.SIG_DFL)
+                    # Signals meant for the master (an operator's "pkill -USR1 drover") are
+                    # ignored from here on, not from when run_worker is reached: importing the
+                    # worker's modules takes a while, and their default action is to die.
+                    signal.signal(signum, signal.SIG_IGN if signum in WORKER_IGNORES
+                                  else signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_NAMES)
                 os.close(read_fd)
                 for other in self.workers.values():
