@@ -258,7 +258,8 @@ def run_worker(config: Config, listeners: list[Listener], app: WsgiApp | None,
     try:
         Worker(config, listeners, app, worker_id, generation, pipe).run()
     except BaseException:
-        log.exception("worker %d (pid %d) failed", worker_id, os.getpid())
+        log.exception("worker %d (pid %d, generation %d) failed", worker_id, os.getpid(),
+                      generation)
         sys.stderr.flush()
         os._exit(1)
 
