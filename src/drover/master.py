@@ -176,6 +176,9 @@ class Master:
         log.info("drover %s master starting %d worker(s) x %d thread(s) for %s",
                  _version(), self.target, self.config.threads,
                  self.config.app_description())
+        for path in self.config.touch_reload:
+            if not os.path.exists(path):
+                log.warning("--touch-reload %s does not exist yet: creating it reloads", path)
         if self.config.reload and self.config.preload:
             log.warning("--reload with --preload: the code imported in the master is not "
                         "re-read when it changes")
