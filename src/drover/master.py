@@ -274,6 +274,8 @@ class Master:
                     self._begin_recycle(worker, reason)
 
     def _worker_ready(self, worker: WorkerProcess) -> None:
+        """``worker`` booted: retire the worker it replaces (recycling) or an old one
+        (reload)."""
         if worker.booted:
             return
         worker.booted = True
@@ -349,7 +351,10 @@ class Master:
                 self.exit_status = 1
                 self._begin_stop(signal.SIGTERM)
                 return
-            if self.reload_from is not None and worker.generation == self.generation:
+            # The reload fails when its first worker cannot load the code. Once one new
+            # worker has booted, the code loads: a later failure is a worker's own, retried.
+            if (self.reload_from is not None and worker.generation == self.generation
+                    and not any(w.booted for w in self._current())):
                 log.error("reload failed: the new code cannot be loaded (see above); "
                           "the old workers keep serving")
                 self._abort_reload()

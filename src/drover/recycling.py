@@ -45,7 +45,8 @@ def max_requests_for(config: Config) -> int:
 
 
 def rss_bytes(pid: int) -> int | None:
-    """Resident set size of ``pid`` from /proc (None when unreadable: the process is gone)."""
+    """Resident set size of ``pid`` from /proc (None when unreadable: the process is gone).
+    Runs in the master, once a second per worker with --reload-on-rss."""
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
             return int(f.read().split()[1]) * PAGE_SIZE
