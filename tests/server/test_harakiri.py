@@ -213,3 +213,23 @@ def test_a_graceful_stop_does_not_wait_for_a_request_harakiri_ended(drover: Drov
     answer = get_raw(server, "/slow?600")
     assert answer.startswith(b"HTTP/1.1 504 ")
     assert server.stop(signal.SIGTERM, timeout=20) == 0
+
+
+def test_harakiris_504_reaches_the_client_through_nginx_uwsgi_pass(drover: DroverLauncher,
+                                                                   tmp_path: Path) -> None:
+    """Over the uwsgi protocol the 504 is Drover's own answer, which nginx passes on."""
+    from nginx import start_nginx
+
+    socket_path = tmp_path / "h.sock"
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    server = drover("--uwsgi", str(socket_path), "--workers", "1", "--harakiri", "1",
+                    "--harakiri-grace", "30", "--chdir", str(tmp_path), "slowapp")
+    nginx = start_nginx(tmp_path / "nginx", {"app": server.address("uwsgi")})
+    try:
+        response = requests.get(nginx.url("app") + "/slow?2.5", timeout=30)
+        assert response.status_code == 504
+        assert response.text == "504 Gateway Timeout: The request took too long\n"
+        server.wait_for_log(r"its late response was discarded")
+        assert requests.get(nginx.url("app") + "/", timeout=10).status_code == 200
+    finally:
+        nginx.stop()
