@@ -37,7 +37,8 @@ class AppCodeError(AppLoadError):
     """
 
     def __init__(self, what: str, exc: BaseException) -> None:
-        super().__init__(f"{what} raised {type(exc).__name__}: {exc}")
+        # The exception's own line ends details(): said once, after the app's frames.
+        super().__init__(f"{what} raised {type(exc).__name__}")
         self.original = exc
 
     def details(self) -> str:

@@ -4,21 +4,31 @@ Theory of operation
 -------------------
 The master's loop waits (``select``) on a self-pipe that signal handlers write to, and on one
 pipe per worker. Signal handlers only queue the signal number; the loop then dispatches to
-``handle_<name>``, reads worker messages (``R``: booted, ``.``: heartbeat), reaps exited
-children, kills workers that are stuck, and brings the worker count back to its target.
+``handle_<name>``, reads worker messages, reaps exited children, kills workers that are stuck,
+and brings the worker count back to its target.
+
+Worker messages are single bytes: ``R`` booted, ``.`` heartbeat, ``H``/``F``/``K`` harakiri
+fired, freed, kill me (``drover.harakiri``), ``C`` a source file changed (``--reload``,
+``drover.reloader``), and ``Q`` with a reason up to a newline: recycle me
+(``drover.recycling``). Every line about a worker names its number, pid and generation: during
+a reload or a recycle, an old and a new worker share a number.
 
 - A worker that dies is replaced. A worker that dies before booting is replaced after a backoff
   that doubles (0.1 s up to 10 s), so a crashing app does not make the master spin.
 - A worker that exits with EXIT_APP_LOAD could not import the app. Before any worker ever
   booted, that ends the master (status 1): retrying cannot help. During a reload it aborts the
   reload and the old workers keep serving.
-- SIGHUP: a new generation of workers is started (re-importing the app unless --preload); as
-  each new worker reports that it booted, one old worker is told to stop gracefully. The
+- SIGHUP (also --touch-reload and --reload): a new generation of workers is started
+  (re-importing the app unless --preload), the first one alone, so that code that does not
+  load fails once; as each new worker reports that it booted, one old worker is told to stop
+  gracefully. The
   listening sockets stay open in the master throughout, so no connection is refused. Old
   workers are retired with SIGHUP, which lets idle keep-alive connections drain rather than
   cutting them (SIGTERM, for shutdown, closes idle connections at once).
+- Recycling (--max-requests, --reload-on-rss, --max-worker-lifetime): the worker's replacement
+  is forked first, and the worker retires once it is ready.
 - SIGTERM/SIGINT: workers stop gracefully within --graceful-timeout, then are killed; exit 0.
-  SIGQUIT: workers are told to exit at once.
+  A second SIGINT (Ctrl-C twice), or SIGQUIT: workers are told to exit at once.
 - SIGTTIN/SIGTTOU: one worker more or less.
 - SIGUSR2, and SIGHUP with --preload (so that new code is really loaded): a new master is
   executed that inherits the listening sockets (``drover.upgrade``); once its workers are up,
@@ -49,8 +59,11 @@ from typing import Any
 
 from drover import privileges, upgrade
 from drover.config import Config
+from drover.harakiri import FIRED, Escalation
 from drover.logs import log
 from drover.privileges import Identity, Pidfile, StartupError
+from drover.recycling import RecyclePolicy
+from drover.reloader import PollingWatch
 from drover.sockets import Listener, bind, close_listeners, inherited_listeners, unlink_unix_sockets
 from drover.systemd import Notifier
 
@@ -60,8 +73,9 @@ SIGNAL_NAMES: dict[int, str] = {
     signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGQUIT: "quit", signal.SIGHUP: "hup",
     signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld",
     signal.SIGUSR1: "usr1", signal.SIGUSR2: "usr2", signal.SIGWINCH: "winch"}
-
-WORKER_IGNORES = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH)
+# Ignored by workers (they are the master's to act on); keep in step with drover.worker.process.
+WORKER_IGNORES = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
+                            signal.SIGWINCH})
 
 
 @dataclass
@@ -74,6 +88,15 @@ class WorkerProcess:
     last_beat: float
     booted: bool = False
     kill_at: float = 0.0  # set when told to stop: SIGKILL after this
+    recycling: str = ""  # why it is being replaced (it retires once its replacement is ready)
+    replaces: WorkerProcess | None = None  # the recycled worker this one replaces
+    harakiri_at: float = 0.0  # when a request of it passed --harakiri (0.0: none stuck)
+    harakiri_count: int = 0  # requests of this worker ended by harakiri (read by stats)
+    messages: bytes = b""  # an incomplete message read from its pipe
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.worker_id} (pid {self.pid}, generation {self.generation})"
 
 
 class Master:
@@ -96,6 +119,7 @@ class Master:
         self.failures = 0
         self.next_spawn = 0.0
         self.stopping = False
+        self.quitting = False  # stopping at once (SIGQUIT, a second SIGINT)
         self.stop_deadline = 0.0
         self.exit_status = 0
         self._signals: list[int] = []
@@ -107,6 +131,13 @@ class Master:
         self.successor: upgrade.Successor | None = None  # we started one (USR2)
         self.handed_over = False  # the successor is ready: sockets and pidfile are its own
         self.ready = False
+        self.recycle = RecyclePolicy(config)
+        self.escalation = Escalation(config.harakiri_grace)
+        self.touch_watch = PollingWatch(config.touch_reload) if config.touch_reload else None
+        self.next_policy_check = 0.0
+        # Requests ended by harakiri, per worker number, over all its processes (never reset,
+        # as uWSGI's harakiri_count: read by stats).
+        self.harakiri_count: dict[int, int] = {}
 
     # -- startup ------------------------------------------------------------------------------
 
@@ -218,7 +249,7 @@ class Master:
             import setproctitle
 
             setproctitle.setproctitle(f"{self.config.proc_name}: master "
-                                      f"[{self.config.app or 'welcome'}]")
+                                      f"[{self.config.app_title()}]")
         except ImportError:  # pragma: no cover
             pass
         # Handlers first: a signal during startup (binding, loading the app) is queued and acted
@@ -242,7 +273,14 @@ class Master:
             import ssl  # noqa: F401
             log.info("drover %s master starting %d worker(s) x %d thread(s) for %s",
                      _version(), self.target, self.config.threads,
-                     self.config.app or "welcome page")
+                     self.config.app_description())
+            for path in self.config.touch_reload:
+                if not os.path.exists(path):
+                    log.warning("--touch-reload %s does not exist yet: creating it reloads",
+                                path)
+            if self.config.reload and self.config.preload:
+                log.warning("--reload with --preload: the code imported in the master is not "
+                            "re-read when it changes")
             self._loop(wake_r)
         finally:
             signal.set_wakeup_fd(-1)
@@ -292,6 +330,24 @@ class Master:
             self.notifier.tick(time.monotonic())
             if self.stopping and not self.workers:
                 return
+            now = time.monotonic()
+            if now >= self.next_policy_check and not self.stopping:
+                self.next_policy_check = now + 1.0
+                self._check_policies(now)
+
+    def _check_policies(self, now: float) -> None:
+        """Once a second: --touch-reload files, --reload-on-rss, --max-worker-lifetime."""
+        if self.touch_watch is not None:
+            changed = self.touch_watch.check(self.config.touch_reload)
+            if changed:
+                log.info("%s changed (--touch-reload)", ", ".join(changed))
+                self.handle_hup()
+        if self.recycle.active:
+            for worker in self._current():
+                if worker.booted and not worker.recycling:
+                    reason = self.recycle.reason(worker.pid, worker.started, now)
+                    if reason:
+                        self._begin_recycle(worker, reason)
 
     def _read_worker(self, worker: WorkerProcess) -> None:
         try:
@@ -300,16 +356,76 @@ class Master:
             data = b""
         if not data:
             return  # closed: reaping handles the exit
-        worker.last_beat = time.monotonic()
-        if b"R" in data and not worker.booted:
-            worker.booted = True
-            self.ever_booted = True
-            self.failures = 0
-            log.info("worker %d (pid %d) ready", worker.worker_id, worker.pid)
-            self._retire_one_old()
-            if not self.ready and not self.stopping and sum(
-                    w.booted for w in self._current()) >= self.target:
-                self._on_ready()
+        now = worker.last_beat = time.monotonic()
+        data = worker.messages + data
+        worker.messages = b""
+        pos = 0
+        while pos < len(data):
+            code = data[pos:pos + 1]
+            pos += 1
+            if code == b".":
+                continue
+            if code == b"R":
+                self._worker_ready(worker)
+            elif code in b"HFK":
+                self._harakiri_report(worker, code, now)
+            elif code == b"C":
+                self._code_changed(worker)
+            elif code == b"Q":
+                end = data.find(b"\n", pos)
+                if end < 0:
+                    worker.messages = data[pos - 1:]  # the rest comes with the next read
+                    return
+                reason = data[pos:end].decode("utf-8", "replace")
+                pos = end + 1
+                if worker.generation == self.generation and not self.stopping:
+                    self._begin_recycle(worker, reason)
+
+    def _worker_ready(self, worker: WorkerProcess) -> None:
+        """``worker`` booted: retire the worker it replaces (recycling) or an old one
+        (reload)."""
+        if worker.booted:
+            return
+        worker.booted = True
+        self.ever_booted = True
+        self.failures = 0
+        old = worker.replaces
+        worker.replaces = None
+        if old is not None:
+            log.info("%s ready; retiring %s", worker.label, old.label)
+            self._stop_worker(old, signal.SIGHUP, self.recycle.mercy)
+        else:
+            log.info("%s ready", worker.label)
+        self._retire_one_old()
+        if not self.ready and not self.stopping and sum(
+                w.booted for w in self._current()) >= self.target:
+            self._on_ready()
+
+    def _begin_recycle(self, worker: WorkerProcess, reason: str) -> None:
+        """Replace ``worker``: its replacement is forked now (it no longer counts towards
+        --workers) and it retires once that one is ready (``_worker_ready``)."""
+        if worker.recycling or worker.kill_at:
+            return
+        worker.recycling = reason
+        log.info("recycling %s: %s; it serves on until its replacement is ready",
+                 worker.label, reason)
+
+    def _harakiri_report(self, worker: WorkerProcess, code: bytes, now: float) -> None:
+        kill = self.escalation.report(worker, code, now)
+        if code == FIRED:
+            number = worker.worker_id
+            self.harakiri_count[number] = self.harakiri_count.get(number, 0) + 1
+        if kill and not worker.kill_at:
+            log.error("killing %s: its request is still running --harakiri-grace %g s "
+                      "after harakiri", worker.label, self.config.harakiri_grace)
+            self._kill_now(worker)
+
+    def _code_changed(self, worker: WorkerProcess) -> None:
+        """--reload: a worker of the current generation saw a source file change (the old
+        generation's reports are about code the new one has imported already)."""
+        if worker.generation == self.generation and not self.stopping:
+            log.info("source files changed (--reload)")
+            self.handle_hup()
 
     def _on_ready(self) -> None:
         """The first generation of workers is up: tell whoever waits for it."""
@@ -369,13 +485,18 @@ class Master:
             self._worker_exited(worker, code)
 
     def _worker_exited(self, worker: WorkerProcess, code: int) -> None:
-        told_to_stop = bool(worker.kill_at)
         how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-        if told_to_stop and code in (0, -signal.SIGKILL, -signal.SIGTERM, -signal.SIGHUP):
-            log.info("worker %d (pid %d) stopped", worker.worker_id, worker.pid)
+        for other in self.workers.values():
+            if other.replaces is worker:
+                other.replaces = None  # gone before its replacement was ready
+        if worker.kill_at:  # told to stop (or killed): never replaced as such
+            if code in (0, -signal.SIGKILL, -signal.SIGTERM, -signal.SIGHUP):
+                log.info("%s stopped", worker.label)
+            else:
+                log.info("%s stopped (%s)", worker.label, how)
             return
         if self.stopping:
-            log.info("worker %d (pid %d) exited (%s)", worker.worker_id, worker.pid, how)
+            log.info("%s exited (%s)", worker.label, how)
             return
         if code == EXIT_APP_LOAD:
             if not self.ever_booted:
@@ -383,18 +504,29 @@ class Master:
                 self.exit_status = 1
                 self._begin_stop(signal.SIGTERM)
                 return
-            if self.reload_from is not None and worker.generation == self.generation:
+            # The reload fails when its first worker cannot load the code. Once one new
+            # worker has booted, the code loads: a later failure is a worker's own, retried.
+            if (self.reload_from is not None and worker.generation == self.generation
+                    and not any(w.booted for w in self._current())):
                 log.error("reload failed: the new code cannot be loaded (see above); "
                           "the old workers keep serving")
                 self._abort_reload()
                 return
+        replaced = worker.generation == self.generation and not worker.recycling
+        if worker.recycling:
+            then = "its replacement is on its way"
+        elif replaced:
+            then = "replacing it"
+        else:
+            then = "not replaced: the reload replaces its generation"
         if code == 0 and not worker.booted:
             pass
         elif code == 0:
-            log.info("worker %d (pid %d) exited; replacing it", worker.worker_id, worker.pid)
+            log.info("%s exited; %s", worker.label, then)
         else:
-            log.error("worker %d (pid %d) died (%s); replacing it", worker.worker_id,
-                      worker.pid, how)
+            log.error("%s died (%s); %s", worker.label, how, then)
+        if not replaced:
+            return
         if not worker.booted or time.monotonic() - worker.started < 1.0:
             self.failures += 1
             delay = min(10.0, 0.1 * 2 ** (self.failures - 1))
@@ -408,20 +540,26 @@ class Master:
         for worker in list(self.workers.values()):
             if worker.kill_at:
                 if now > worker.kill_at:
-                    log.warning("worker %d (pid %d) did not stop in time; killing",
-                                worker.worker_id, worker.pid)
+                    log.warning("%s did not stop in time; killing it", worker.label)
                     _kill(worker.pid, signal.SIGKILL)
                     worker.kill_at = now + 3600
+            elif self.escalation.overdue(worker, now):
+                log.error("killing %s: its request is still running --harakiri-grace %g s "
+                          "after harakiri", worker.label, self.config.harakiri_grace)
+                self._kill_now(worker)
             elif timeout and now - worker.last_beat > max(timeout, 2.0 if worker.booted else 60):
-                log.error("worker %d (pid %d) %s for %.0f s (--timeout); killing it",
-                          worker.worker_id, worker.pid,
+                log.error("%s %s for %.0f s (--timeout); killing it", worker.label,
                           "stuck" if worker.booted else "not booted", now - worker.last_beat)
-                _kill(worker.pid, signal.SIGKILL)
-                worker.kill_at = now + 3600
+                self._kill_now(worker)
+
+    def _kill_now(self, worker: WorkerProcess) -> None:
+        _kill(worker.pid, signal.SIGKILL)
+        worker.kill_at = time.monotonic() + 3600
 
     def _current(self) -> list[WorkerProcess]:
+        """The workers that count towards --workers (neither leaving nor being replaced)."""
         return [w for w in self.workers.values()
-                if w.generation == self.generation and not w.kill_at]
+                if w.generation == self.generation and not w.kill_at and not w.recycling]
 
     def _manage_workers(self) -> None:
         current = self._current()
@@ -430,15 +568,23 @@ class Master:
                                                                           self.target]:
                 self._stop_worker(worker, signal.SIGHUP)
         elif len(current) < self.target and time.monotonic() >= self.next_spawn:
+            if self.reload_from is not None and current and not any(w.booted for w in current):
+                return  # a reload's first worker must boot before the others are forked
             self.next_spawn = 0.0
             used = {w.worker_id for w in current}
             free = (i for i in range(1, self.target + 1) if i not in used)
+            # Recycled workers waiting for their replacement, by number.
+            leaving = {w.worker_id: w for w in self.workers.values()
+                       if w.recycling and not w.kill_at and w.generation == self.generation
+                       and not any(o.replaces is w for o in self.workers.values())}
             for _ in range(self.target - len(current)):
-                self._spawn(next(free))
-                if self.failures:
-                    break  # one at a time while workers fail at start
+                worker_id = next(free)
+                new = self._spawn(worker_id)
+                new.replaces = leaving.get(worker_id)
+                if self.failures or (self.reload_from is not None and not current):
+                    break  # one at a time while workers fail at start, or a reload begins
 
-    def _spawn(self, worker_id: int) -> None:
+    def _spawn(self, worker_id: int) -> WorkerProcess:
         read_fd, write_fd = os.pipe()
         # Signals are blocked across fork: until the child has reset the master's handlers, a
         # signal meant for it would land in the master's queue copy and be lost. Once
@@ -453,30 +599,38 @@ class Master:
             try:
                 signal.set_wakeup_fd(-1)
                 for signum in SIGNAL_NAMES:
-                    signal.signal(signum, signal.SIG_DFL)
-                # Meant for the master: ignored from here, not only once run_worker (after
-                # importing the worker code) says so, or one sent now would kill the child.
-                for signum in WORKER_IGNORES:
-                    signal.signal(signum, signal.SIG_IGN)
+                    # Signals meant for the master (an operator's "pkill -USR1 drover") are
+                    # ignored from here on, not from when run_worker is reached: importing the
+                    # worker's modules takes a while, and their default action is to die.
+                    signal.signal(signum, signal.SIG_IGN if signum in WORKER_IGNORES
+                                  else signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_NAMES)
                 os.close(read_fd)
                 for other in self.workers.values():
                     os.close(other.pipe)
                 from drover.worker import run_worker
 
-                run_worker(self.config, self.listeners, self.app, worker_id, write_fd)
+                run_worker(self.config, self.listeners, self.app, worker_id, self.generation,
+                           write_fd)
             finally:
                 os._exit(1)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_NAMES)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         now = time.monotonic()
-        self.workers[pid] = WorkerProcess(pid, worker_id, self.generation, read_fd, now, now)
-        log.info("booting worker %d (pid %d)", worker_id, pid)
+        worker = WorkerProcess(pid, worker_id, self.generation, read_fd, now, now)
+        self.workers[pid] = worker
+        log.info("booting %s", worker.label)
+        return worker
 
-    def _stop_worker(self, worker: WorkerProcess, signum: int) -> None:
+    def _stop_worker(self, worker: WorkerProcess, signum: int,
+                     within: float | None = None) -> None:
+        """Tell ``worker`` to stop; it is killed if still there ``within`` seconds (default:
+        --graceful-timeout) and a second later."""
         if not worker.kill_at:
-            worker.kill_at = time.monotonic() + self.config.graceful_timeout + 1.0
+            if within is None:
+                within = self.config.graceful_timeout
+            worker.kill_at = time.monotonic() + within + 1.0
             _kill(worker.pid, signum)
 
     def _retire_one_old(self) -> None:
@@ -501,6 +655,7 @@ class Master:
 
     def _begin_stop(self, signum: int) -> None:
         self.stopping = True
+        self.quitting = self.quitting or signum == signal.SIGQUIT
         if not (self.handed_over or self.successor is not None or self._predecessor_serving()):
             self.notifier.stopping("stopping")
             unlink_unix_sockets(self.listeners)
@@ -517,7 +672,14 @@ class Master:
             log.info("graceful stop requested")
             self._begin_stop(signal.SIGTERM)
 
-    handle_int = handle_term
+    def handle_int(self) -> None:
+        """Ctrl-C: a graceful stop; pressed again, a stop at once."""
+        if self.stopping and not self.quitting:
+            log.info("SIGINT again: stopping at once")
+            self._begin_stop(signal.SIGQUIT)
+        elif not self.stopping:
+            log.info("graceful stop requested (SIGINT; again to stop at once)")
+            self._begin_stop(signal.SIGTERM)
 
     def handle_quit(self) -> None:
         log.info("immediate stop requested")
@@ -545,7 +707,9 @@ class Master:
     def handle_ttou(self) -> None:
         if self.target > 1:
             self.target -= 1
-        log.info("SIGTTOU: %d worker(s)", self.target)
+            log.info("SIGTTOU: %d worker(s)", self.target)
+        else:
+            log.info("SIGTTOU ignored: already down to one worker")
 
     def handle_chld(self) -> None:
         pass  # reaping happens in the loop

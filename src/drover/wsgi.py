@@ -147,13 +147,23 @@ class Response:
     chunked = False
     remaining: int | None = None
     sent = 0  # body bytes written (for the access log)
+    # Harakiri (drover.harakiri): when a streamed response began (0.0: the app call is still
+    # running, see LoopThread.last_serve), and whether the watch claimed this response.
+    began = 0.0
+    timed_out = False
 
     def __init__(self, request: Request, server_date: str, conn: Sender) -> None:
+        self.request = request
         self.keep_alive = request.keep_alive
         self.chunked_ok = request.chunked_ok
         self.head = request.head
         self.server_date = server_date  # "Server: ...\r\nDate: ...\r\n", refreshed each second
         self._conn = conn
+
+    @property
+    def sender(self) -> Sender:
+        """The connection this response goes to."""
+        return self._conn
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: ExcInfo | None = None) -> WriteFn:
@@ -232,6 +242,8 @@ class Response:
         if self.status is None:
             raise ResponseError("write() called before start_response")
         out = self.frame(data) if self.head_sent else self.head_bytes(None) + self.frame(data)
+        if self.timed_out:  # read after head_bytes() marked the head sent: see drover.harakiri
+            raise ResponseError("write() after harakiri ended this request")
         if out:
             self._conn.send(out)
 

@@ -79,8 +79,9 @@ def recv_exactly_until(sock: socket.socket, marker: bytes, timeout: float) -> by
 
 
 def worker_pids(server: Server) -> list[int]:
-    """Pids of the workers booted so far, from ``booting worker N (pid P)`` log lines."""
-    return [int(pid) for pid in re.findall(r"booting worker \d+ \(pid (\d+)\)", server.log())]
+    """Pids of the workers booted so far, from ``booting worker N (pid P, generation G)``
+    log lines."""
+    return [int(pid) for pid in re.findall(r"booting worker \d+ \(pid (\d+),", server.log())]
 
 
 def rss_bytes(pid: int) -> int:

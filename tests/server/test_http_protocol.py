@@ -464,7 +464,7 @@ def test_duplicate_headers_are_joined(environ_server: Server) -> None:
 
 def test_app_exception_is_a_500_and_the_worker_keeps_serving(drover: DroverLauncher) -> None:
     server = drover.app("probe:error_app", *W1, ready_path=None)
-    server.wait_for_log(r"worker 1 \(pid \d+\) ready")
+    server.wait_for_log(r"worker 1 \(pid \d+, generation \d+\) ready")
     for _ in range(2):
         response = server.request("GET", "/boom")
         assert response.status == 500 and response.complete

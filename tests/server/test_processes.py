@@ -49,7 +49,7 @@ def run_drover(*args: str, timeout: float = 20.0, env: dict[str, str] | None = N
 
 
 def worker_pids(server: Server) -> list[int]:
-    return [int(pid) for pid in re.findall(r"booting worker \d+ \(pid (\d+)\)", server.log())]
+    return [int(pid) for pid in re.findall(r"booting worker \d+ \(pid (\d+),", server.log())]
 
 
 def get(server: Server, path: str = "/", timeout: float = 10.0) -> requests.Response:
@@ -256,8 +256,9 @@ def test_killed_worker_is_replaced(drover: DroverLauncher, tmp_path: Path) -> No
     server = drover("--workers", "1", "--chdir", str(tmp_path), "pidapp")
     first = int(get(server).text.split()[1])
     os.kill(first, signal.SIGKILL)
-    server.wait_for_log(rf"worker 1 \(pid {first}\) died \(signal SIGKILL\)")
-    server.wait_for_log(rf"worker 1 \(pid (?!{first})\d+\) ready")
+    server.wait_for_log(rf"worker 1 \(pid {first}, generation 0\) died \(signal SIGKILL\); "
+                        "replacing it")
+    server.wait_for_log(rf"worker 1 \(pid (?!{first})\d+, generation \d+\) ready")
     assert int(get(server).text.split()[1]) != first
 
 
@@ -422,7 +423,8 @@ def test_max_requests_recycles_the_worker(drover: DroverLauncher, tmp_path: Path
         pids.add(int(response.text.split()[1]))
         time.sleep(0.05)
     assert len(pids) >= 2
-    assert "(--max-requests): recycling" in server.log()
+    server.wait_for_log(r"recycling worker 1 \(pid \d+, generation 0\): it served 5 requests "
+                        r"\(--max-requests 5\)")
 
 
 def test_stuck_worker_is_killed_after_timeout(drover: DroverLauncher, tmp_path: Path) -> None:
@@ -431,8 +433,8 @@ def test_stuck_worker_is_killed_after_timeout(drover: DroverLauncher, tmp_path: 
     stuck = int(get(server).text.split()[1])
     threading.Thread(target=lambda: _swallow(lambda: get(server, "/sleep?30", timeout=30)),
                      daemon=True).start()
-    server.wait_for_log(rf"worker 1 \(pid {stuck}\) stuck", timeout=15)
-    server.wait_for_log(rf"worker 1 \(pid (?!{stuck})\d+\) ready", timeout=15)
+    server.wait_for_log(rf"worker 1 \(pid {stuck}, generation \d+\) stuck", timeout=15)
+    server.wait_for_log(rf"worker 1 \(pid (?!{stuck})\d+, generation 0\) ready", timeout=15)
     assert int(get(server).text.split()[1]) != stuck
 
 
@@ -440,9 +442,9 @@ def test_ttin_and_ttou_change_the_worker_count(drover: DroverLauncher, tmp_path:
     write_app(tmp_path, "v1")
     server = drover("--workers", "1", "--chdir", str(tmp_path), "pidapp")
     server.send_signal(signal.SIGTTIN)
-    server.wait_for_log(r"worker 2 \(pid \d+\) ready")
+    server.wait_for_log(r"worker 2 \(pid \d+, generation \d+\) ready")
     server.send_signal(signal.SIGTTOU)
-    server.wait_for_log(r"worker 2 \(pid \d+\) stopped")
+    server.wait_for_log(r"worker 2 \(pid \d+, generation \d+\) stopped")
     assert get(server).status_code == 200
 
 

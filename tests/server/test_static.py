@@ -363,7 +363,7 @@ def test_a_slow_reader_of_a_huge_file_holds_no_memory_and_blocks_no_one(
         f.truncate(1024**3)  # 1 GiB, sparse
     (root / "small.txt").write_bytes(b"small")
     srv = drover.app("probe:hello_app", "--workers", "1", "--static-map", f"/s={root}")
-    worker = int(srv.wait_for_log(r"worker 1 \(pid (\d+)\) ready").group(1))
+    worker = int(srv.wait_for_log(r"worker 1 \(pid (\d+), generation \d+\) ready").group(1))
     before = _rss_kib(worker)
     slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)

@@ -138,7 +138,7 @@ def test_usr2_hands_the_sockets_to_a_new_master_without_refusing_a_connection(
     with Hammer(server, sock) as hammer:
         time.sleep(0.3)
         write_app(tmp_path, "v2")
-        workers = [int(p) for p in re.findall(r"booting worker \d+ \(pid (\d+)\)",
+        workers = [int(p) for p in re.findall(r"booting worker \d+ \(pid (\d+),",
                                               server.log())]
         for pid in workers:
             os.kill(pid, signal.SIGUSR2)  # meant for the master: workers ignore it

@@ -291,7 +291,7 @@ def test_closed_connections_leave_no_reference_cycles() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
     config = load_config(["--http", "127.0.0.1:0", "--workers", "1", "x:y"], {})
     listener = bind("http", "127.0.0.1:0", 128, None)
-    worker = Worker(config, [listener], hello, 1, -1)
+    worker = Worker(config, [listener], hello, 1, 0, -1)
     lt = worker.threads[0]
     clients = []
     for _ in range(100):

@@ -114,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         "DROVER_WORKERS=4; a repeatable option takes a comma-separated list there, e.g. "
         "DROVER_HTTP=127.0.0.1:8000,unix:/run/app.sock (a value that holds a comma must "
         "come from the command line or a file). Precedence: defaults < configuration file "
-        "< environment < command line. Signals to the master: TERM/INT stop gracefully, "
-        "QUIT stops at once, HUP reloads workers, TTIN/TTOU add/remove a worker, USR2 starts a "
-        "new master that takes the sockets over (so does HUP with --preload).",
+        "< environment < command line. Signals to the master: TERM/INT stop gracefully "
+        "(INT again: at once), QUIT stops at once, HUP reloads workers, TTIN/TTOU add/remove "
+        "a worker, USR2 starts a new master that takes the sockets over (so does HUP with "
+        "--preload).",
         formatter_class=_HelpFormatter,
         allow_abbrev=False,
     )

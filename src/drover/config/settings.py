@@ -391,8 +391,9 @@ class Config:
         positive_int, flags=("--threads",), metavar="N")
     timeout: float = setting(
         30.0, PROCESSES,
-        "A worker whose event loop is stuck this long (for example in one request) is killed "
-        "and replaced. 0 disables.",
+        "A worker that sends no heartbeat this long is killed and replaced: one of its event "
+        "loops is stuck outside a request --harakiri watches (with --harakiri off: in any "
+        "request), or the whole process is wedged. 0 disables.",
         parse_seconds, flags=("-t", "--timeout"), metavar="SECONDS")
     graceful_timeout: float = setting(
         30.0, PROCESSES,
@@ -402,6 +403,45 @@ class Config:
     max_requests: int = setting(
         0, PROCESSES, "Recycle a worker after it served N requests (0: never).",
         non_negative_int, flags=("--max-requests",), metavar="N")
+    max_requests_jitter: int = setting(
+        0, PROCESSES,
+        "Add a random 0..N to each worker's --max-requests, so that workers do not recycle all "
+        "at once (uWSGI: max-requests-delta).",
+        non_negative_int, flags=("--max-requests-jitter",), metavar="N")
+    reload_on_rss: int = setting(
+        0, PROCESSES,
+        "Recycle a worker whose resident memory exceeds MB mebibytes (checked once a second by "
+        "the master; 0: never).",
+        non_negative_int, flags=("--reload-on-rss",), metavar="MB")
+    max_worker_lifetime: float = setting(
+        0.0, PROCESSES, "Recycle a worker after it has run this long (0: never).",
+        parse_seconds, flags=("--max-worker-lifetime",), metavar="SECONDS")
+    worker_reload_mercy: float = setting(
+        60.0, PROCESSES,
+        "When a worker is recycled, how long it may take to finish its requests in flight "
+        "once its replacement is ready; then it is killed.",
+        parse_seconds, flags=("--worker-reload-mercy",), metavar="SECONDS")
+    harakiri: float = setting(
+        0.0, PROCESSES,
+        "A request still running after this long is ended: its traceback is logged, the client "
+        "gets a 504 if nothing was sent yet, and the worker is killed and replaced unless the "
+        "request returns within --harakiri-grace. 0 disables.",
+        parse_seconds, flags=("--harakiri",), metavar="SECONDS")
+    harakiri_grace: float = setting(
+        5.0, PROCESSES,
+        "How long a request past --harakiri may take to return before its worker is killed.",
+        parse_seconds, flags=("--harakiri-grace",), metavar="SECONDS")
+    touch_reload: tuple[str, ...] = setting(
+        (), PROCESSES,
+        "Reload the workers (as SIGHUP does) when the modification time of FILE changes. "
+        "Repeat for several.",
+        parse_str, flags=("--touch-reload",), metavar="FILE", multi=True)
+    reload: bool = setting(
+        False, PROCESSES,
+        "Development: reload the workers when a source file of the app changes (inotify where "
+        "available, else polling once a second). A file that does not load keeps the old "
+        "workers serving.",
+        parse_bool, flags=("--reload",), switch=True)
     proc_name: str = setting(
         "drover", PROCESSES, "Prefix of the process titles.",
         parse_str, flags=("--proc-name",), metavar="NAME")
@@ -490,6 +530,21 @@ class Config:
     access_log: bool = setting(
         False, LOGGING, "Log one line per request (off by default: it costs throughput).",
         parse_bool, flags=("--access-log",), switch=True)
+
+
+    def app_title(self) -> str:
+        """What the processes serve, for their titles: the app, else the mounts, else
+        "welcome"."""
+        if self.app:
+            return self.app
+        return ",".join(self.mount) if self.mount else "welcome"
+
+    def app_description(self) -> str:
+        """What the processes serve, for the master's start line."""
+        mounts = ", ".join(self.mount)
+        if self.app:
+            return f"{self.app} (and {mounts})" if mounts else self.app
+        return mounts or "the welcome page"
 
 
 def setting_infos() -> list[tuple[dataclasses.Field[Any], SettingInfo]]:

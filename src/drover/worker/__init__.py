@@ -15,8 +15,11 @@ simultaneous clients spread over the threads instead of piling onto whichever lo
 The worker's main thread does no request work: besides accepting (threads > 1) it waits for
 signals (TERM/INT: graceful stop, HUP: retire with keep-alive drain, QUIT: immediate exit) and,
 once a second, writes a heartbeat byte to the master's pipe if every loop thread has ticked
-recently. A loop stuck past ``--timeout`` stops the heartbeat and the master replaces the
-worker.
+recently (or, with ``--harakiri``, is inside app code, which the harakiri watch on this same
+thread looks after: ``drover.harakiri``). A loop stuck past ``--timeout`` stops the heartbeat
+and the master replaces the worker. Past ``--max-requests`` the worker asks the master for a
+replacement and serves on until told to retire (``drover.recycling``); with ``--reload`` a
+watcher thread reports changed source files (``drover.reloader``).
 
 Per connection (``Connection``): bytes go to the protocol's sans-I/O parser, which queues
 events. Events are handled strictly in order, one response at a time, so pipelined requests are

@@ -245,10 +245,12 @@ class Connection:
         # call, each step of its iterable, close()), so that context variables set in one
         # step are there in the next even when that runs from another loop callback.
         ctx = self.ctx = _Context()
-        lt.in_app = True
+        lt.in_app = response
         try:
             result = ctx.run(lt.app, environ, response.start_response)
-            lt.in_app = False
+            lt.in_app = None
+            if response.timed_out and self.harakiri_late(request, response, result):
+                return
             if (type(result) is list and len(result) == 1 and type(result[0]) is bytes
                     and not response.head_sent):
                 data = result[0]  # the common case: the whole body in one piece
@@ -280,15 +282,40 @@ class Connection:
             self._begin_response(request, response, result)
             self.iterator = ctx.run(iter, result)
         except Exception as exc:
-            lt.in_app = False
+            lt.in_app = None
+            if response.timed_out and self.harakiri_late(request, response, result):
+                return
             self.app_failed(request, response, result, exc)
             return
         self.stream(first=True)
+
+    def harakiri_late(self, request: Request | None, response: Response,
+                      result: Iterable[bytes] | None) -> bool:
+        """The app returned (or raised) after harakiri claimed its response (loop thread).
+
+        False if the claim was withdrawn (the request ended as the watch looked): carry on.
+        Otherwise the watch answered or cut the connection: what the app made is discarded,
+        its close() is still called, and the connection is closed (drover.harakiri).
+        """
+        watch = self.lt.worker.harakiri
+        assert watch is not None
+        with watch.lock:  # the watch may still be writing the 504
+            if not response.timed_out:
+                return False
+        if self.busy:
+            self._end_response()
+        self._release(request, result)
+        self.out = None
+        self.closed = True
+        self.transport.abort()
+        self.lt.worker.wake()  # the watch notices at once that the thread is free
+        return True
 
     def _begin_response(self, request: Request, response: Response,
                         result: Iterable[bytes] | None) -> None:
         """A response that may outlive this callback (streamed or sent from a file)."""
         self.request, self.response, self.result = request, response, result
+        response.began = self.lt.last_serve  # when serve() began: the harakiri clock
         self.busy = True
         self.state = WRITING
         self.deadline = self.lt.clock() + self.lt.io_timeout
@@ -309,9 +336,15 @@ class Connection:
         transport = self.transport
         write = transport.write
         step = self.ctx.run
+        lt = self.lt
         try:
             while True:
+                lt.in_app = response
                 data = step(next, iterator, _END)
+                lt.in_app = None
+                if response.timed_out and self.harakiri_late(self.request, response,
+                                                             self.result):
+                    return
                 if data is _END:
                     break
                 if type(data) is not bytes:
@@ -342,6 +375,9 @@ class Connection:
             else:
                 write(tail)
         except Exception as exc:
+            lt.in_app = None
+            if response.timed_out and self.harakiri_late(self.request, response, self.result):
+                return
             request, result = self._end_response()
             self.app_failed(request, response, result, exc)
             return

@@ -16,6 +16,7 @@ from drover.worker.connection import FRESH, NEVER, Connection
 
 if TYPE_CHECKING:
     from drover.worker.process import Worker
+    from drover.wsgi import Response
 
 FIRST_REQUEST_GRACE = 1.0  # on shutdown, how long a new connection may take to send its request
 
@@ -67,7 +68,9 @@ class LoopThread:
                             for listener in worker.listeners]
         self.assigned = 0  # connections handed to this loop (written by the main thread)
         self.released = 0  # of those, closed (written by this loop)
-        self.in_app = False  # inside a call to the app (read by the main thread)
+        # The response whose app code this thread is running, None outside app code (read by
+        # the main thread: accept balancing, harakiri).
+        self.in_app: Response | None = None
         # Blocking apps (threads > 1): requests are served from a run queue in the order they
         # were read, one per pass of the loop, so the loop polls between two blocking calls and
         # a request that arrived meanwhile lines up behind those already waiting. Served at once

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from drover.config import Config
+from drover.harakiri import HarakiriWatch
 from drover.logs import log
 from drover.protocols.http import HttpLimits
+from drover.recycling import max_requests_for
 from drover.sockets import Listener
 from drover.worker.connection import Connection, UwsgiHandler
 from drover.worker.loop_thread import LoopThread
@@ -32,11 +34,12 @@ class Worker:
     """The worker process: its loop threads and its main (control) thread."""
 
     def __init__(self, config: Config, listeners: list[Listener], app: WsgiApp,
-                 worker_id: int, pipe: int) -> None:
+                 worker_id: int, generation: int, pipe: int) -> None:
         self.config = config
         self.listeners = listeners
         self.app = app
         self.worker_id = worker_id
+        self.label = f"worker {worker_id} (pid {os.getpid()}, generation {generation})"
         self.pipe = pipe
         self.limits = HttpLimits(
             request_line=config.limit_request_line, fields=config.limit_request_fields,
@@ -44,8 +47,10 @@ class Worker:
             header_block=config.limit_request_headers, body=config.limit_request_body,
             spill=config.body_buffer_size)
         self.served = 0  # requests answered, over all loop threads (approximate: no lock)
-        self.max_requests = config.max_requests or -1
-        self.retiring = False
+        self.max_requests = max_requests_for(config)
+        self.retiring = False  # asked the master for a replacement
+        self.harakiri_count = 0  # requests ended by --harakiri (read by stats)
+        self.harakiri: HarakiriWatch | None = None
         self.environs = {
             id(listener): base_environ(config.threads > 1, config.workers > 1)
             for listener in listeners}
@@ -63,6 +68,8 @@ class Worker:
 
             self.static = StaticFiles.from_config(config)
         self.threads = [LoopThread(self, i) for i in range(config.threads)]
+        if config.harakiri:
+            self.harakiri = HarakiriWatch(self)
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -94,13 +101,19 @@ class Worker:
                 self._uwsgi_peers[host] = allowed
         return allowed
 
+    def tell_master(self, message: bytes) -> None:
+        """A message on the pipe to the master (any thread: one write of under PIPE_BUF
+        bytes is atomic)."""
+        with contextlib.suppress(OSError):
+            os.write(self.pipe, message)
+
     def recycle(self) -> None:
-        """--max-requests reached (on a loop thread): retire; the master replaces us."""
+        """--max-requests reached (on a loop thread): ask the master for a replacement and
+        serve on; it tells us to retire (SIGHUP) once the replacement is ready."""
         if not self.retiring:
             self.retiring = True
-            log.info("worker %d served %d requests (--max-requests): recycling",
-                     self.worker_id, self.served)
-            os.kill(os.getpid(), signal.SIGHUP)
+            self.tell_master(f"Qit served {self.served} requests (--max-requests "
+                             f"{self.max_requests})\n".encode())
 
     def _accept(self, listener: Listener, limit: int = 64) -> int:
         """Main thread, threads > 1: accept what is queued, each to the least loaded loop.
@@ -115,12 +128,21 @@ class Worker:
                 log.warning("accept failed: %s", exc)
                 return taken
             # (the loop's adopt_socket makes it non-blocking and sets TCP_NODELAY)
-            # Fewest connections first (a burst spreads evenly); among equals, one not inside
-            # the app right now.
-            target = min(threads, key=lambda t: (t.assigned - t.released, t.in_app))
+            # Never a thread stuck in a request harakiri ended, if another is left (what it
+            # holds is lost if the worker is killed); then fewest connections first (a burst
+            # spreads evenly); among equals, one not inside the app right now.
+            stuck = self.harakiri.claimed if self.harakiri is not None else {}
+            target = min(threads, key=lambda t: (t.index in stuck, t.assigned - t.released,
+                                                 t.in_app is not None))
             target.assigned += 1
             target.loop.call_soon_threadsafe(target.adopt, conn, listener)
         return limit
+
+    def _code_changed(self, paths: list[str]) -> None:
+        """--reload (the watcher's thread): a source file changed; the master reloads."""
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        log.info("%s: %s changed (--reload)", self.label, shown)
+        self.tell_master(b"C")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)  # only queue: the main loop acts (no work in handlers)
@@ -133,7 +155,13 @@ class Worker:
             signal.signal(handled, self._on_signal)
         for lt in self.threads:
             lt.thread.start()
+        if self.config.reload:
+            from drover.reloader import ModuleWatcher
+
+            ModuleWatcher(self._code_changed).start()
         os.write(self.pipe, b"R")
+        harakiri = self.harakiri
+        wait = 1.0
         master = os.getppid()
         stopping = False
         accepting = {listener.sock.fileno(): listener for listener in self.listeners
@@ -141,7 +169,7 @@ class Worker:
         next_beat = 0.0
         while True:
             try:
-                ready, _, _ = select.select([wake_r, *accepting], [], [], 1.0)
+                ready, _, _ = select.select([wake_r, *accepting], [], [], wait)
             except InterruptedError:
                 ready = []
             for fd in ready:
@@ -163,28 +191,38 @@ class Worker:
                             while self._accept(listener) == 64:
                                 pass
                     accepting.clear()
-                    log.info("worker %d %s", self.worker_id,
+                    log.info("%s %s", self.label,
                              "retiring" if drain else "stopping gracefully")
                     for lt in self.threads:
                         lt.loop.call_soon_threadsafe(lt.begin_stop, drain)
             if stopping:
-                if not any(lt.thread.is_alive() for lt in self.threads):
+                # Threads stuck in a request harakiri already answered have nothing left to
+                # finish: they do not hold up the stop.
+                if all(not lt.thread.is_alive()
+                       or (harakiri is not None and lt.index in harakiri.claimed)
+                       for lt in self.threads):
                     break
+                if harakiri is not None:
+                    wait = min(1.0, harakiri.check(time.monotonic()))
                 continue
             if os.getppid() != master:
-                log.warning("worker %d: master is gone, stopping", self.worker_id)
+                log.warning("%s: master is gone, stopping", self.label)
                 self._signals.append(signal.SIGTERM)
                 continue
             dead = [lt.index for lt in self.threads if not lt.thread.is_alive()]
             if dead:
-                log.error("worker %d: loop thread(s) %s died; exiting", self.worker_id, dead)
+                log.error("%s: loop thread(s) %s died; exiting", self.label, dead)
                 os._exit(1)
             now = time.monotonic()
+            if harakiri is not None:
+                wait = min(1.0, harakiri.check(now))
             if now >= next_beat:
                 next_beat = now + 1.0
-                if all(now - lt.last_tick < 3.0 for lt in self.threads):
-                    with contextlib.suppress(OSError):
-                        os.write(self.pipe, b".")
+                # With --harakiri a loop inside the app is harakiri's to end: the heartbeat
+                # (--timeout) stops only for a loop stuck elsewhere.
+                if all(now - lt.last_tick < 3.0 or (harakiri is not None and lt.in_app)
+                       for lt in self.threads):
+                    self.tell_master(b".")
         sys.stderr.flush()
         os._exit(0)
 
@@ -202,13 +240,13 @@ def load_worker_app(config: Config, listeners: list[Listener]) -> WsgiApp:
 
 
 def run_worker(config: Config, listeners: list[Listener], app: WsgiApp | None,
-               worker_id: int, pipe: int) -> None:
+               worker_id: int, generation: int, pipe: int) -> None:
     """Entry point in the child after fork; never returns."""
     try:
         import setproctitle
 
         setproctitle.setproctitle(f"{config.proc_name}: worker {worker_id} "
-                                  f"[{config.app or 'welcome'}]")
+                                  f"[{config.app_title()}]")
     except ImportError:  # pragma: no cover - a hard dependency, but titles are cosmetic
         pass
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
@@ -229,9 +267,10 @@ def run_worker(config: Config, listeners: list[Listener], app: WsgiApp | None,
             sys.stderr.flush()
             os._exit(EXIT_APP_LOAD)
     try:
-        Worker(config, listeners, app, worker_id, pipe).run()
+        Worker(config, listeners, app, worker_id, generation, pipe).run()
     except BaseException:
-        log.exception("worker %d failed", worker_id)
+        log.exception("worker %d (pid %d, generation %d) failed", worker_id, os.getpid(),
+                      generation)
         sys.stderr.flush()
         os._exit(1)
 
