@@ -18,7 +18,17 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except ConfigError as exc:
         print(f"drover: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    logs.setup(config.log_level)
+    try:
+        logs.setup(config.log_level, config.log_file, config.log_maxsize)
+        if config.access_log not in ("", "-"):  # fail now, naming the option, not in workers
+            os.close(os.open(config.access_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    except OSError as exc:
+        which = "--log-file" if exc.filename == config.log_file else "--access-log"
+        print(f"drover: error: {which}: cannot open {exc.filename}: {exc.strerror}",
+              file=sys.stderr)
+        sys.exit(2)
     from drover.master import run
 
-    sys.exit(run(config))
+    status = run(config)
+    logs.flush()
+    sys.exit(status)

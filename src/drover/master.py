@@ -35,11 +35,15 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from drover import logs
 from drover.config import Config
 from drover.logs import log
 from drover.sockets import Listener, bind, close_listeners
+
+if TYPE_CHECKING:
+    from drover.stats.server import StatsServer
 
 EXIT_APP_LOAD = 3  # keep in step with drover.worker.process.EXIT_APP_LOAD (not imported: see above)
 
@@ -47,6 +51,8 @@ SIGNAL_NAMES: dict[int, str] = {
     signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGQUIT: "quit", signal.SIGHUP: "hup",
     signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld",
     signal.SIGUSR1: "usr1", signal.SIGUSR2: "usr2", signal.SIGWINCH: "winch"}
+
+_HARMLESS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 
 
 @dataclass
@@ -59,6 +65,7 @@ class WorkerProcess:
     last_beat: float
     booted: bool = False
     kill_at: float = 0.0  # set when told to stop: SIGKILL after this
+    slot: int = -1  # its place on the stats scoreboard (--stats)
 
 
 class Master:
@@ -79,6 +86,7 @@ class Master:
         self.stop_deadline = 0.0
         self.exit_status = 0
         self._signals: list[int] = []
+        self.stats: StatsServer | None = None
 
     # -- startup ------------------------------------------------------------------------------
 
@@ -134,6 +142,9 @@ class Master:
         # all workers; initialised by each worker's first "import ssl", each pays again (3 MiB
         # of libcrypto touched per worker: Flask's worker 32.0 -> 30.5 MiB RSS).
         import ssl  # noqa: F401
+        if self.config.stats and not self._start_stats():
+            close_listeners(self.listeners, unlink=True)
+            return 1
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
@@ -149,8 +160,30 @@ class Master:
             os.close(wake_r)
             os.close(wake_w)
             close_listeners(self.listeners, unlink=True)
+            if self.stats is not None:
+                self.stats.close()
         log.info("master exiting (status %d)", self.exit_status)
         return self.exit_status
+
+    def _start_stats(self) -> bool:
+        """--stats: the scoreboard and the stats server, before the first fork."""
+        from drover.stats.server import StatsServer, WorkerView
+
+        def workers() -> list[WorkerView]:
+            # Every live process: during a reload a worker id has an old and a new one.
+            return [WorkerView(w.worker_id, w.pid, w.slot, w.booted and not w.kill_at)
+                    for w in self.workers.values()]
+
+        try:
+            self.stats = StatsServer(self.config, self.listeners, workers,
+                                     f"drover {_version()}")
+        except OSError as exc:
+            log.error("cannot serve stats on %s (--stats): %s", self.config.stats,
+                      exc.strerror or exc)
+            return False
+        log.info("stats server at %s%s", self.stats.display,
+                 " (http)" if self.config.stats_http else "")
+        return True
 
     def _queue_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)  # only queue; the loop acts (no work in handlers)
@@ -165,15 +198,24 @@ class Master:
             if self.next_spawn:
                 timeout = max(0.0, min(timeout, self.next_spawn - time.monotonic()))
             pipes = {w.pipe: w for w in self.workers.values()}
+            stats = self.stats
+            ready: list[int]
+            writable: list[int]
             try:
-                ready, _, _ = select.select([wake_r, *pipes], [], [], timeout)
+                if stats is None:
+                    ready, writable, _ = select.select([wake_r, *pipes], [], [], timeout)
+                else:
+                    ready, writable, _ = select.select(
+                        [wake_r, *pipes, *stats.readable()], stats.writable(), [], timeout)
             except InterruptedError:
-                ready = []
+                ready, writable = [], []
+            if stats is not None:
+                stats.handle(ready, writable)
             for fd in ready:
                 if fd == wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 256)
-                else:
+                elif fd in pipes:
                     self._read_worker(pipes[fd])
             while self._signals:
                 signum = self._signals.pop(0)
@@ -210,6 +252,8 @@ class Master:
             if worker is None:
                 continue
             os.close(worker.pipe)
+            if self.stats is not None:
+                self.stats.release(worker.slot)
             code = os.waitstatus_to_exitcode(status)
             self._worker_exited(worker, code)
 
@@ -285,6 +329,7 @@ class Master:
 
     def _spawn(self, worker_id: int) -> None:
         read_fd, write_fd = os.pipe()
+        slot = self.stats.claim(worker_id) if self.stats is not None else -1
         # Signals are blocked across fork: until the child has reset the master's handlers, a
         # signal meant for it would land in the master's queue copy and be lost. Once
         # unblocked in the child, a pending TERM ends it by default action.
@@ -298,11 +343,19 @@ class Master:
             try:
                 signal.set_wakeup_fd(-1)
                 for signum in SIGNAL_NAMES:
-                    signal.signal(signum, signal.SIG_DFL)
+                    # USR1 (reopen logs), USR2, WINCH: never a reason to die, even before
+                    # the worker installs its own handlers.
+                    signal.signal(signum, signal.SIG_IGN if signum in _HARMLESS
+                                  else signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_NAMES)
                 os.close(read_fd)
                 for other in self.workers.values():
                     os.close(other.pipe)
+                if self.stats is not None:
+                    from drover.stats import scoreboard
+
+                    scoreboard.attach(slot)
+                    self.stats.sock.close()  # the master's, not the worker's
                 from drover.worker import run_worker
 
                 run_worker(self.config, self.listeners, self.app, worker_id, write_fd)
@@ -312,7 +365,10 @@ class Master:
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         now = time.monotonic()
-        self.workers[pid] = WorkerProcess(pid, worker_id, self.generation, read_fd, now, now)
+        self.workers[pid] = WorkerProcess(pid, worker_id, self.generation, read_fd, now, now,
+                                          slot=slot)
+        if self.stats is not None:
+            self.stats.started(slot, pid)
         log.info("booting worker %d (pid %d)", worker_id, pid)
 
     def _stop_worker(self, worker: WorkerProcess, signum: int) -> None:
@@ -386,7 +442,12 @@ class Master:
         pass  # reaping happens in the loop
 
     def handle_usr1(self) -> None:
-        log.info("SIGUSR1 ignored (no log file to reopen)")
+        """Reopen the log files (after logrotate moved them), then tell workers to."""
+        log.info("SIGUSR1: reopening log files")
+        logs.reopen()
+        for worker in self.workers.values():
+            if worker.booted:  # a booting worker opens the files after its handlers are set
+                _kill(worker.pid, signal.SIGUSR1)
 
     def handle_usr2(self) -> None:
         log.info("SIGUSR2 ignored")

@@ -56,17 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
         if group is None:
             group = groups[info.topic] = parser.add_argument_group(info.topic)
         default = f.default
+        text = info.help.replace("%", "%%")  # argparse formats help with %
         shown = "" if info.switch or default in ((), "", None) else f" (default: {default})"
         if not info.flags:  # the positional app spec
             group.add_argument(f.name, nargs="?", default=argparse.SUPPRESS,
-                               metavar=info.metavar, help=info.help)
+                               metavar=info.metavar, help=text)
+        elif info.bare is not None:
+            group.add_argument(*info.flags, dest=f.name, metavar=info.metavar, nargs="?",
+                               const=info.bare, default=argparse.SUPPRESS, help=text)
         elif info.switch:
             group.add_argument(*info.flags, dest=f.name, action="store_const", const="true",
-                               default=argparse.SUPPRESS, help=info.help)
+                               default=argparse.SUPPRESS, help=text)
         else:
             group.add_argument(*info.flags, dest=f.name, metavar=info.metavar,
                                action="append" if info.multi else "store",
-                               default=argparse.SUPPRESS, help=info.help + shown)
+                               default=argparse.SUPPRESS, help=text + shown)
     return parser
 
 

@@ -7,17 +7,21 @@ import contextlib
 import os
 import select
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from drover import logs
+from drover.access import AccessLog
+from drover.access import wanted as access_wanted
 from drover.config import Config
 from drover.logs import log
 from drover.protocols.http import HttpLimits
 from drover.sockets import Listener
+from drover.stats import scoreboard
 from drover.worker.connection import Connection, UwsgiHandler
 from drover.worker.loop_thread import LoopThread
+from drover.worker.title import ProcessTitle
 from drover.wsgi import base_environ
 
 EXIT_APP_LOAD = 3  # the worker could not load the app: the master must not respawn in a loop
@@ -54,8 +58,12 @@ class Worker:
             self.uwsgi_networks = [
                 ipaddress.ip_network(net, strict=False)
                 for net in (config.uwsgi_allow_from or ("127.0.0.0/8", "::1/128"))]
+        self.access_log = AccessLog(config, worker_id) if access_wanted(config) else None
+        self.stats = scoreboard.mine()  # None: --stats off
+        self.title = ProcessTitle(config.proc_name, worker_id)
         self.threads = [LoopThread(self, i) for i in range(config.threads)]
         self._signals: list[int] = []
+        self._next_observation = 0.0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -119,7 +127,8 @@ class Worker:
         """The main thread: start loops, then signals and heartbeats until stopped."""
         wake_r = self._wake_r
         signal.set_wakeup_fd(self._wake_w)
-        for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                        signal.SIGUSR1):
             signal.signal(handled, self._on_signal)
         for lt in self.threads:
             lt.thread.start()
@@ -141,8 +150,11 @@ class Worker:
                 os.read(wake_r, 64)
             while self._signals:
                 signum = self._signals.pop(0)
+                if signum == signal.SIGUSR1:
+                    logs.reopen()  # the master forwards USR1 after reopening its own
+                    continue
                 if signum == signal.SIGQUIT:
-                    os._exit(0)
+                    self._exit(0)
                 if not stopping:
                     stopping = True
                     accepting.clear()
@@ -151,6 +163,7 @@ class Worker:
                              "retiring" if drain else "stopping gracefully")
                     for lt in self.threads:
                         lt.loop.call_soon_threadsafe(lt.begin_stop, drain)
+            self._observe()
             if stopping:
                 if not any(lt.thread.is_alive() for lt in self.threads):
                     break
@@ -162,15 +175,31 @@ class Worker:
             dead = [lt.index for lt in self.threads if not lt.thread.is_alive()]
             if dead:
                 log.error("worker %d: loop thread(s) %s died; exiting", self.worker_id, dead)
-                os._exit(1)
+                self._exit(1)
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + 1.0
                 if all(now - lt.last_tick < 3.0 for lt in self.threads):
                     with contextlib.suppress(OSError):
                         os.write(self.pipe, b".")
-        sys.stderr.flush()
-        os._exit(0)
+        self._exit(0)
+
+    def _observe(self) -> None:
+        """Main thread, about once a second: publish the loop threads' counters on the
+        scoreboard and show what the worker is doing in its process title."""
+        now = time.monotonic()
+        if now < self._next_observation:
+            return
+        self._next_observation = now + 1.0
+        if self.stats is not None:
+            self.stats.publish(self.threads, logs.dropped_total())
+        self.title.show(self.threads, now)
+
+    def _exit(self, status: int) -> None:
+        if self.stats is not None:
+            self.stats.publish(self.threads, logs.dropped_total())
+        logs.flush()
+        os._exit(status)
 
 
 def load_worker_app(config: Config, listeners: list[Listener]) -> WsgiApp:
@@ -210,18 +239,18 @@ def run_worker(config: Config, listeners: list[Listener], app: WsgiApp | None,
             app = load_worker_app(config, listeners)
         except AppLoadError as exc:
             log.error("cannot load the app: %s", exc)
-            sys.stderr.flush()
+            logs.flush()
             os._exit(EXIT_APP_LOAD)
         except BaseException as exc:
             log.error("cannot load the app %r: importing it raised %s", config.app,
                       type(exc).__name__, exc_info=exc)
-            sys.stderr.flush()
+            logs.flush()
             os._exit(EXIT_APP_LOAD)
     try:
         Worker(config, listeners, app, worker_id, pipe).run()
     except BaseException:
         log.exception("worker %d failed", worker_id)
-        sys.stderr.flush()
+        logs.flush()
         os._exit(1)
 
 
