@@ -33,7 +33,7 @@ PRESETS = {
     "common": '%(addr) - %(user) [%(ltime)] "%(method) %(uri) %(proto)" %(status) %(size)',
     "combined": '%(addr) - %(user) [%(ltime)] "%(method) %(uri) %(proto)" %(status) %(size) '
                 '"%(referer)" "%(uagent)"',
-    "uwsgi": "[pid: %(pid)|app: 0|req: %(core_requests)/%(worker_requests)] %(addr) (%(user)) "
+    "uwsgi": "[pid: %(pid)|app: 0|req: %(worker_requests)/%(worker_requests)] %(addr) (%(user)) "
              "{%(vars) vars in %(pktsize) bytes} [%(ctime)] %(method) %(uri) => generated "
              "%(rsize) bytes in %(msecs) msecs (%(proto) %(status)) %(headers) headers in "
              "%(hsize) bytes (1 switches on core %(core))",
@@ -61,7 +61,7 @@ VARIABLES: dict[str, tuple[str, bool]] = {
     "size": ("str(r.sent)", False),
     "rsize": ("str(r.sent)", False),
     "hsize": ("str(_head_size(r))", False),
-    "headers": ("str(len(r.headers))", False),
+    "headers": ("str(len(r.headers) + (r.content_length is not None))", False),
     "micros": ("str(int(took * 1000000))", False),
     "msecs": ("str(int(took * 1000))", False),
     "secs": ("f'{took:.6f}'", False),
@@ -77,12 +77,10 @@ VARIABLES: dict[str, tuple[str, bool]] = {
     "core": ("str(lt.index)", False),
     "vars": ("str(len(e))", False),
     "pktsize": ("str(_packet_size(e))", False),
-    "core_requests": ("str(lt.counters.requests)", False),
-    "worker_requests": ("str(lt.worker.served)", False),
+    "worker_requests": ("str(lt.worker.served + 1)", False),
 }
 _NUMERIC = {"status", "size", "rsize", "hsize", "headers", "micros", "msecs", "time", "tmsecs",
-            "tmicros", "epoch", "pid", "wid", "core", "vars", "pktsize", "core_requests",
-            "worker_requests", "cl"}
+            "tmicros", "epoch", "pid", "wid", "core", "vars", "pktsize", "worker_requests"}
 _VAR_RE = re.compile(r"%\(([A-Za-z0-9_.\-]+)\)")
 
 Formatter = Callable[[dict[str, Any], Any, float, float, Any], str]
@@ -145,9 +143,12 @@ def _iso(ts: float) -> str:
 
 
 def _head_size(r: Any) -> int:
-    """The status line and the app's header lines, in bytes (Server, Date and the framing
-    fields Drover adds are not counted)."""
-    return 9 + len(r.status or "500 ") + 2 + sum(len(line) for line in r.headers) + 2
+    """The status line and the app's header lines, in bytes (the Server and Date fields and
+    the framing Drover adds are not counted)."""
+    size = 9 + len(r.status or "500 ") + 2 + sum(len(line) for line in r.headers) + 2
+    if r.content_length is not None:
+        size += len(f"Content-Length: {r.content_length}\r\n")
+    return size
 
 
 def _packet_size(e: dict[str, Any]) -> int:

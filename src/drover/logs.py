@@ -117,8 +117,13 @@ class LogSink:
         queue = self.queue
         if self.dropped and time.monotonic() - self.reported >= REPORT_EVERY:
             self.reported = time.monotonic()
-            queue.appendleft(_format_dropped(self.dropped))
+            report = _format_dropped(self.dropped, self.path or "stderr")
             self.dropped = 0
+            main = main_sink()
+            if main is self:
+                queue.appendleft(report)
+            else:  # told in Drover's own log, which may still be writable
+                main.write(report)
         while queue:
             if deadline is not None and time.monotonic() > deadline:
                 return
@@ -192,10 +197,10 @@ def _same_file(path: str, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
-def _format_dropped(count: int) -> str:
+def _format_dropped(count: int, where: str) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    return (f"{stamp} [{os.getpid()}] [WARNING] {count} log line(s) dropped: the log "
-            "could not be written fast enough\n")
+    return (f"{stamp} [{os.getpid()}] [WARNING] {count} log line(s) dropped: {where} could "
+            "not be written (full disk, slow reader)\n")
 
 
 def _after_fork() -> None:
