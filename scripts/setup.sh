@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "test" ]; then
     missing=()
     command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v tmux >/dev/null 2>&1 || missing+=(tmux)  # the terminal uwsgitop runs on
     if [ ${#missing[@]} -gt 0 ]; then
         echo "setup: installing ${missing[*]} from Debian's packages" >&2
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

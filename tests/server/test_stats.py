@@ -295,6 +295,7 @@ def test_listen_queue_is_the_kernels(drover: DroverLauncher, tmp_path: Path, kin
     listen = ("--http", "127.0.0.1:0") if kind == "tcp" else ("--http", str(unix_path))
     server, address = serve(drover, tmp_path, *listen, workers=1,
                             ready_path="/" if kind == "tcp" else None)
+    server.wait_for_log(r"worker 1 \(pid \d+\) ready")
     pid = worker_pids(server)[1]
     os.kill(pid, signal.SIGSTOP)
     clients = []

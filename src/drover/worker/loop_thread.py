@@ -53,6 +53,7 @@ class LoopThread:
         self.access_log = worker.access_log
         self.counters = CoreCounters()
         self.record = self.counters.done if worker.stats is not None else None
+        self.stats_counters = self.counters if worker.stats is not None else None
         self.timed = self.access_log is not None or self.record is not None
         self.serving: dict[str, object] = {}  # environ of the request last given to the app
         self.now = self.loop.time()
