@@ -25,6 +25,7 @@ Setup (``setup``) runs in the master before fork; workers inherit the handler an
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import errno
@@ -250,6 +251,7 @@ def setup(level: str, path: str = "", maxsize: int = 0) -> None:
     root.setLevel(level.upper())
     # The app's warnings (e.g. wsgiref.validate's WSGIWarning) go to the log too.
     logging.captureWarnings(True)
+    atexit.register(flush)  # the master's last lines (workers leave by os._exit: see flush)
 
 
 def reopen() -> None:

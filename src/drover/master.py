@@ -355,7 +355,7 @@ class Master:
                     from drover.stats import scoreboard
 
                     scoreboard.attach(slot)
-                    self.stats.sock.close()  # the master's, not the worker's
+                    self.stats.forget_in_child()
                 from drover.worker import run_worker
 
                 run_worker(self.config, self.listeners, self.app, worker_id, write_fd)

@@ -208,6 +208,15 @@ class StatsServer:
             self.delta = {wid: n - self.previous.get(wid, 0) for wid, n in totals.items()}
             self.previous = totals
 
+    def forget_in_child(self) -> None:
+        """In a freshly forked worker: close the master's sockets (answers end with a
+        shutdown, which a worker's copy does not hinder, but a client closed for its deadline
+        would otherwise see no end until the worker exits)."""
+        for client in self.clients.values():
+            client.sock.close()
+        self.clients.clear()
+        self.sock.close()
+
     def close(self) -> None:
         for client in list(self.clients.values()):
             self._close(client)
