@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Drover: a fast, strict application server for Python WSGI apps.",
         epilog="Every option can also be set as a DROVER_<NAME> environment variable, e.g. "
         "DROVER_WORKERS=4; the command line wins. Signals to the master: TERM/INT stop "
-        "gracefully, QUIT stops at once, HUP reloads workers, TTIN/TTOU add/remove a worker.",
+        "gracefully, QUIT stops at once, HUP reloads workers, TTIN/TTOU add/remove a worker, "
+        "USR1 reopens the log files.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"drover {__version__}")
