@@ -14,10 +14,7 @@ from drover.loop import Transport
 from drover.protocols.http import HttpConnection, error_response
 from drover.protocols.request import ContinueRequest, ProtocolError, Request
 from drover.protocols.uwsgi import UwsgiConnection
-from drover.stats.scoreboard import BOUNDS as _BOUNDS
 from drover.stats.scoreboard import FIRST_BOUND as _FIRST_BOUND
-from drover.stats.scoreboard import ROWS as _STATUS_ROWS
-from drover.stats.scoreboard import bucket as _bucket
 from drover.worker.sendfile import SendfileJob
 from drover.wsgi import (
     FileWrapper,
@@ -274,9 +271,11 @@ class Connection:
                     took = _monotonic() - now
                     counters.tx += response.sent
                     counters.running += took
-                    row = _STATUS_ROWS[response.status[0]]  # type: ignore[index]
-                    counters.counts[row if took < _FIRST_BOUND
-                                    else row + _bucket(_BOUNDS, took)] += 1
+                    status = response.status
+                    if took < _FIRST_BOUND and "2" <= status < "3":  # type: ignore[operator]
+                        counters.fast += 1
+                    else:
+                        counters.count(status, took)
                 worker = lt.worker
                 worker.served += 1
                 if worker.served == worker.max_requests:
