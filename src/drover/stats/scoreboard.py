@@ -11,16 +11,18 @@ viewed as an array of signed 64-bit integers. It holds:
   *core record* per loop thread (requests, exceptions, bytes sent, errors, time spent, whether
   a request is in the app and since when, and request counts by status class x latency bucket).
 
-Each loop thread counts its requests in plain Python integers (``CoreCounters.done``: one call,
-four additions per request; with ``--stats`` off the call is not made at all), and the worker's
+Each loop thread counts its requests in plain Python numbers (``CoreCounters.done``, inlined in
+the worker's fast path: a clock read, two additions, and for the usual answer, a 2xx within
+5 ms, two comparisons and one increment; with ``--stats`` off none of it runs), and the worker's
 main thread, which wakes once a second anyway, copies them into the process's slot
 (``SlotWriter.publish``) and once more before the worker exits. So every slot has exactly one
 writer, no lock is needed, and the master reads figures at most a second old. A slot freed by
 an exited worker has its totals added to the master's per-id totals, so counts per worker id
 never go backwards when a worker is replaced.
 
-Counts by status class x latency bucket are one flat list: the request count, the status
-classes and the latency histogram are all sums over it, and a request costs one increment.
+Counts by status class x latency bucket are one flat list (the fast 2xx kept apart in
+``fast`` and folded in when published): the request count, the status classes and the latency
+histogram are all sums over it.
 """
 
 from __future__ import annotations
