@@ -228,6 +228,19 @@ def drover_command(launch: Launch) -> list[str]:
     return [*cmd, f"{launch.module}:app"]
 
 
+def drover_stats_command(launch: Launch) -> list[str]:
+    """Drover with the stats server on (an abstract unix socket: nothing to clean up), so
+    that every request is counted on the scoreboard."""
+    return [*drover_command(launch)[:-1], "--stats", f"@drover-bench-stats-{launch.port}",
+            drover_command(launch)[-1]]
+
+
+def drover_stats_unavailable(protocol: Protocol) -> str | None:
+    if "--stats" not in drover_help():
+        return "this Drover has no --stats option yet"
+    return drover_unavailable(protocol)
+
+
 def git(*args: str) -> str:
     """Output of a read-only git command in the repository, or "" when it fails."""
     try:
@@ -430,6 +443,15 @@ SERVERS: dict[str, ServerDef] = {
             drover_env,
         ),
         ServerDef(
+            "drover_stats",
+            "Drover --stats",
+            frozenset({"http"}),
+            drover_stats_command,
+            drover_stats_unavailable,
+            drover_version,
+            drover_env,
+        ),
+        ServerDef(
             "uwsgi",
             "uWSGI",
             frozenset({"http", "uwsgi"}),
@@ -520,6 +542,13 @@ class Scenario:
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "hello", "1. Hello world (13-byte body, 50 keep-alive connections)", HELLO, ALL_DIRECT
+    ),
+    Scenario(
+        "hello_stats",
+        "1b. Hello world with --stats on, side by side with stats off (50 connections)",
+        HELLO,
+        ("drover", "drover_stats"),
+        note="The cost of counting every request on the stats scoreboard.",
     ),
     Scenario("flask", "2. Flask JSON endpoint (50 connections)", FLASK, ALL_DIRECT),
     Scenario("big_get", "3a. 1 MiB response body (8 connections)", BIG_GET, ALL_DIRECT),
@@ -1270,6 +1299,22 @@ def evaluate_targets(results: dict[str, ScenarioResult]) -> list[TargetResult]:
                     results, key, peer, 1.0, f"Static {size}: Drover ahead of {SERVERS[peer].name}"
                 )
             )
+
+    label = "Hello world with --stats: >= 0.97x stats off (same run)"
+    res = results.get("hello_stats")
+    off = res.get("drover") if res else None
+    on = res.get("drover_stats") if res else None
+    if off is None or on is None:
+        targets.append(TargetResult(label, "not measured", "N/A"))
+    else:
+        share = on.median("rps") / off.median("rps")
+        targets.append(
+            TargetResult(
+                label,
+                f"{share:.3f}x ({on.median('rps'):,.0f} vs {off.median('rps'):,.0f} req/s)",
+                "PASS" if share >= 0.97 else "MISS",
+            )
+        )
 
     ideal = IDEAL_BLOCKING_RPS
     label = f"Blocking app: >= 90% of ideal {ideal:.0f} req/s"

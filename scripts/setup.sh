@@ -12,6 +12,7 @@ if [ "${1:-}" = "test" ]; then
     command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
     # deploy/'s tests check the logrotate file with logrotate itself.
     command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
+    command -v tmux >/dev/null 2>&1 || missing+=(tmux)  # the terminal uwsgitop runs on
     if [ ${#missing[@]} -gt 0 ]; then
         echo "setup: installing ${missing[*]} from Debian's packages" >&2
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -29,7 +29,15 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 print(f"drover: warning: {message}", file=sys.stderr)
         sys.stdout.write(render(config))
         sys.exit(0)
-    logs.setup(config.log_level)
+    try:
+        logs.setup(config.log_level, config.log_file, config.log_maxsize)
+        if config.access_log not in ("", "-"):  # fail now, naming the option, not in workers
+            os.close(os.open(config.access_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    except OSError as exc:
+        which = "--log-file" if exc.filename == config.log_file else "--access-log"
+        print(f"drover: error: {which}: cannot open {exc.filename}: {exc.strerror}",
+              file=sys.stderr)
+        sys.exit(2)
     for level, message in loaded.notes:
         logs.log.log(level, "%s", message)
     from drover.appenv import AppEnvError, prepare_master
@@ -38,7 +46,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         prepare_master(config)
     except AppEnvError as exc:
         logs.log.error("%s", exc)
+        logs.flush()
         sys.exit(2)
     from drover.master import run
 
-    sys.exit(run(config, list(args)))
+    status = run(config, list(args))
+    logs.flush()
+    sys.exit(status)

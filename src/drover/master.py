@@ -55,9 +55,9 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from drover import privileges, upgrade
+from drover import logs, privileges, upgrade
 from drover.config import Config
 from drover.harakiri import FIRED, Escalation
 from drover.logs import log
@@ -66,6 +66,9 @@ from drover.recycling import RecyclePolicy
 from drover.reloader import PollingWatch
 from drover.sockets import Listener, bind, close_listeners, inherited_listeners, unlink_unix_sockets
 from drover.systemd import Notifier
+
+if TYPE_CHECKING:
+    from drover.stats.server import StatsServer
 
 EXIT_APP_LOAD = 3  # keep in step with drover.worker.process.EXIT_APP_LOAD (not imported: see above)
 
@@ -97,6 +100,7 @@ class WorkerProcess:
     @property
     def label(self) -> str:
         return f"worker {self.worker_id} (pid {self.pid}, generation {self.generation})"
+    slot: int = -1  # its place on the stats scoreboard (--stats)
 
 
 class Master:
@@ -138,6 +142,7 @@ class Master:
         # Requests ended by harakiri, per worker number, over all its processes (never reset,
         # as uWSGI's harakiri_count: read by stats).
         self.harakiri_count: dict[int, int] = {}
+        self.stats: StatsServer | None = None
 
     # -- startup ------------------------------------------------------------------------------
 
@@ -271,6 +276,8 @@ class Master:
             # by all workers; initialised by each worker's first "import ssl", each pays again
             # (3 MiB of libcrypto touched per worker: Flask's worker 32.0 -> 30.5 MiB RSS).
             import ssl  # noqa: F401
+            if self.config.stats and not self._start_stats():
+                return 1
             log.info("drover %s master starting %d worker(s) x %d thread(s) for %s",
                      _version(), self.target, self.config.threads,
                      self.config.app_description())
@@ -287,8 +294,30 @@ class Master:
             os.close(wake_r)
             os.close(wake_w)
             self._cleanup()
+            if self.stats is not None:
+                self.stats.close()
         log.info("master exiting (status %d)", self.exit_status)
         return self.exit_status
+
+    def _start_stats(self) -> bool:
+        """--stats: the scoreboard and the stats server, before the first fork."""
+        from drover.stats.server import StatsServer, WorkerView
+
+        def workers() -> list[WorkerView]:
+            # Every live process: during a reload a worker id has an old and a new one.
+            return [WorkerView(w.worker_id, w.pid, w.slot, w.booted and not w.kill_at)
+                    for w in self.workers.values()]
+
+        try:
+            self.stats = StatsServer(self.config, self.listeners, workers,
+                                     f"drover {_version()}")
+        except OSError as exc:
+            log.error("cannot serve stats on %s (--stats): %s", self.config.stats,
+                      exc.strerror or exc)
+            return False
+        log.info("stats server at %s%s", self.stats.display,
+                 " (http)" if self.config.stats_http else "")
+        return True
 
     def _queue_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)  # only queue; the loop acts (no work in handlers)
@@ -310,17 +339,26 @@ class Master:
             waits = [wake_r, *pipes]
             if self.successor is not None and self.successor.pipe >= 0:
                 waits.append(self.successor.pipe)
+            stats = self.stats
+            ready: list[int]
+            writable: list[int]
             try:
-                ready, _, _ = select.select(waits, [], [], timeout)
+                if stats is None:
+                    ready, writable, _ = select.select(waits, [], [], timeout)
+                else:
+                    ready, writable, _ = select.select(
+                        [*waits, *stats.readable()], stats.writable(), [], timeout)
             except InterruptedError:
-                ready = []
+                ready, writable = [], []
+            if stats is not None:
+                stats.handle(ready, writable)
             for fd in ready:
                 if fd == wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 256)
                 elif fd in pipes:
                     self._read_worker(pipes[fd])
-                else:
+                elif self.successor is not None and fd == self.successor.pipe:
                     self._read_successor()
             while self._signals:
                 signum = self._signals.pop(0)
@@ -415,6 +453,10 @@ class Master:
         if code == FIRED:
             number = worker.worker_id
             self.harakiri_count[number] = self.harakiri_count.get(number, 0) + 1
+            if self.stats is not None:
+                from drover.stats import scoreboard
+
+                scoreboard.bump_harakiri(number)
         if kill and not worker.kill_at:
             log.error("killing %s: its request is still running --harakiri-grace %g s "
                       "after harakiri", worker.label, self.config.harakiri_grace)
@@ -481,6 +523,8 @@ class Master:
             if worker is None:
                 continue  # a successor master (USR2): its pipe tells how it went
             os.close(worker.pipe)
+            if self.stats is not None:
+                self.stats.release(worker.slot)
             code = os.waitstatus_to_exitcode(status)
             self._worker_exited(worker, code)
 
@@ -586,6 +630,7 @@ class Master:
 
     def _spawn(self, worker_id: int) -> WorkerProcess:
         read_fd, write_fd = os.pipe()
+        slot = self.stats.claim(worker_id) if self.stats is not None else -1
         # Signals are blocked across fork: until the child has reset the master's handlers, a
         # signal meant for it would land in the master's queue copy and be lost. Once
         # unblocked in the child, a pending TERM ends it by default action.
@@ -608,6 +653,11 @@ class Master:
                 os.close(read_fd)
                 for other in self.workers.values():
                     os.close(other.pipe)
+                if self.stats is not None:
+                    from drover.stats import scoreboard
+
+                    scoreboard.attach(slot)
+                    self.stats.forget_in_child()
                 from drover.worker import run_worker
 
                 run_worker(self.config, self.listeners, self.app, worker_id, self.generation,
@@ -618,8 +668,11 @@ class Master:
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         now = time.monotonic()
-        worker = WorkerProcess(pid, worker_id, self.generation, read_fd, now, now)
+        worker = WorkerProcess(pid, worker_id, self.generation, read_fd, now, now,
+                               slot=slot)
         self.workers[pid] = worker
+        if self.stats is not None:
+            self.stats.started(slot, pid)
         log.info("booting %s", worker.label)
         return worker
 
@@ -715,7 +768,12 @@ class Master:
         pass  # reaping happens in the loop
 
     def handle_usr1(self) -> None:
-        log.info("SIGUSR1 ignored (no log file to reopen)")
+        """Reopen the log files (after logrotate moved them), then tell workers to."""
+        log.info("SIGUSR1: reopening log files")
+        logs.reopen()
+        for worker in self.workers.values():
+            if worker.booted:  # a booting worker opens the files after its handlers are set
+                _kill(worker.pid, signal.SIGUSR1)
 
     def handle_usr2(self) -> None:
         if not self.stopping:

@@ -398,24 +398,28 @@ def test_pending_options_name_their_issue(tmp_path: Path) -> None:
 
 def test_a_setting_added_to_the_table_is_an_ini_key_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The reader looks settings up by flag when it runs: a --harakiri added to the table by
-    another change is read from 'harakiri = 30' with no change to the reader's tables."""
+    """The reader looks settings up by flag when it runs: a --future-option added to the table
+    by another change is read from 'future-option = 30' with no change to the reader's
+    tables (as --harakiri, --static-map and --stats were)."""
     import dataclasses
 
     from drover.config import settings, uwsgi_names
 
-    info = settings.SettingInfo(settings.PROCESSES, ("--harakiri",), "test", settings.positive_int)
+    info = settings.SettingInfo(settings.PROCESSES, ("--future-option",), "test",
+                                settings.positive_int)
     extra = dataclasses.field(default=0, metadata={"drover": info})
-    extra.name = "harakiri"
+    extra.name = "future_option"
     real = settings.setting_infos()
     monkeypatch.setattr(uwsgi_names, "setting_infos", lambda: [*real, (extra, info)])
-    assert uwsgi_names.describe("harakiri") == "`--harakiri`"
-    reader = read_ini([(str(write(tmp_path, "h.ini", "[uwsgi]\nharakiri = 30\n")), "test")], {})
+    assert uwsgi_names.describe("future-option") == "`--future-option`"
+    reader = read_ini([(str(write(tmp_path, "h.ini", "[uwsgi]\nfuture-option = 30\n")),
+                        "test")], {})
     from drover.config.sources import Report
 
     report = Report()
     raws = uwsgi_names.translate(reader.options, False, set(), report)
-    assert [(raw.name, raw.text, raw.key) for raw in raws] == [("harakiri", "30", "harakiri")]
+    assert [(raw.name, raw.text, raw.key) for raw in raws
+            if raw.name == "future_option"] == [("future_option", "30", "future-option")]
     assert report.errors == report.notes == []
 
 
@@ -614,3 +618,15 @@ def test_static_map_keeps_uwsgis_fall_through_to_the_app(tmp_path: Path) -> None
     root = config(tmp_path, "[uwsgi]\ncheck-static = %droot\n")
     assert root.static_map == (f"/={tmp_path}/root",)
     assert root.static_fallthrough
+
+
+def test_requests_are_logged_as_uwsgi_logs_them_unless_disabled(tmp_path: Path) -> None:
+    logged = config(tmp_path, "[uwsgi]\nmodule = app\nlogto = %dsite.log\n")
+    assert (logged.access_log, logged.log_format) == ("-", "uwsgi")
+    assert logged.log_file == f"{tmp_path}/site.log"
+    quiet = config(tmp_path, "[uwsgi]\nmodule = app\ndisable-logging = true\nlog-5xx = true\n")
+    assert quiet.disable_logging and quiet.log_5xx and quiet.access_log == "-"
+    own = config(tmp_path, "[uwsgi]\nmodule = app\nlog-format = %%(method) %%(uri)\n")
+    assert own.log_format == "%(method) %(uri)"
+    assert config(tmp_path, "[uwsgi]\nmodule = app\n", "--access-log", "/tmp/a.log"
+                  ).access_log == "/tmp/a.log"

@@ -32,7 +32,9 @@ def _sample(switch: bool, name: str) -> str:
                "chmod_socket": "660", "mount": "/a=app:app", "log_level": "debug",
                "limit_request_body": "10M", "body_buffer_size": "64k",
                "static_map": "/static=/tmp", "static_index": "index.html",
-               "static_expires": r"\.css$ 60", "static_expires_uri": "^/s/ 60", "env": "A=1"}
+               "static_expires": r"\.css$ 60", "static_expires_uri": "^/s/ 60", "env": "A=1",
+               "stats": "127.0.0.1:9191", "log_exclude": "^/healthz$", "access_log": "-",
+               "log_format": "json", "log_maxsize": "10M"}
     if switch:
         return "true"
     if name in samples:

@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         "come from the command line or a file). Precedence: defaults < configuration file "
         "< environment < command line. Signals to the master: TERM/INT stop gracefully "
         "(INT again: at once), QUIT stops at once, HUP reloads workers, TTIN/TTOU add/remove "
-        "a worker, USR2 starts a new master that takes the sockets over (so does HUP with "
-        "--preload).",
+        "a worker, USR1 reopens the log files, USR2 starts a new master that takes the "
+        "sockets over (so does HUP with --preload).",
         formatter_class=_HelpFormatter,
         allow_abbrev=False,
     )
@@ -143,16 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
         default = f.default
         shown = ("" if info.switch or default in ((), "", None) or "Default:" in info.help
                  else f" (default: {default})")
+        text = info.help.replace("%", "%%")  # argparse formats help with %
         if not info.flags:  # the positional app spec
             group.add_argument(f.name, nargs="?", default=argparse.SUPPRESS,
-                               metavar=info.metavar, help=info.help)
+                               metavar=info.metavar, help=text)
+        elif info.bare is not None:  # the value is optional (``--access-log`` alone)
+            group.add_argument(*info.flags, dest=f.name, metavar=info.metavar, nargs="?",
+                               const=info.bare, default=argparse.SUPPRESS, help=text)
         elif info.switch:
             group.add_argument(*info.flags, dest=f.name, action="store_const", const="true",
-                               default=argparse.SUPPRESS, help=info.help)
+                               default=argparse.SUPPRESS, help=text)
         else:
             group.add_argument(*info.flags, dest=f.name, metavar=info.metavar,
                                action="append" if info.multi else "store",
-                               default=argparse.SUPPRESS, help=info.help + shown)
+                               default=argparse.SUPPRESS, help=text + shown)
     return parser
 
 

@@ -35,7 +35,7 @@ def render() -> str:
                       "| option | environment | default | meaning |", "| --- | --- | --- | --- |"]
         flags = ", ".join(f"`{flag}`" for flag in info.flags) or f"`{info.metavar}` (positional)"
         if info.metavar and info.flags:
-            flags += f" `{info.metavar}`"
+            flags += f" `[{info.metavar}]`" if info.bare is not None else f" `{info.metavar}`"
         if info.multi:
             flags += " (repeatable)"
         if f.name == "workers":

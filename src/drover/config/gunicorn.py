@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from drover.config.settings import setting_infos
 from drover.config.sources import ConfigError, Raw, Report, did_you_mean
 from drover.config.uwsgi_names import Missing, ini_keys, privilege_noop
 
@@ -45,16 +44,15 @@ class Name:
 
 
 def _access_log(value: Any) -> list[str]:
-    """accesslog = "-" turns the access log on. A file name needs --access-log FILE."""
-    infos = {f.name: info for f, info in setting_infos()}
-    if infos["access_log"].switch:
-        if value in ("-", "/dev/stdout", "/dev/stderr"):
-            return ["true"]
-        if value is None:
-            return ["false"]
-        raise ValueError("Drover writes the access log to stderr only, until --access-log "
-                         "FILE arrives with issue #12; use accesslog = '-'")
-    return [str(value)]
+    """accesslog: "-" (Gunicorn's stdout) is Drover's own log, a path a file, None off."""
+    if value is None:
+        return [""]
+    return ["-" if value in ("-", "/dev/stdout", "/dev/stderr") else str(value)]
+
+
+def _error_log(value: Any) -> list[str]:
+    """errorlog: "-" (stderr) is where Drover's log goes anyway; a path is --log-file."""
+    return [""] if value in (None, "-", "/dev/stderr") else [str(value)]
 
 
 def _octal(value: Any) -> list[str]:
@@ -82,9 +80,7 @@ NAMES: dict[str, Name] = {
     "max_requests_jitter": Name("max-requests-jitter", missing=Missing(
         "workers recycle after exactly --max-requests requests, together", 11, refuse=False)),
     "accesslog": Name("access-log", convert=_access_log),
-    "errorlog": Name("log-file", missing=Missing(
-        "Drover logs to stderr: redirect it, or let systemd's journal keep it", 12,
-        refuse=False)),
+    "errorlog": Name("log-file", convert=_error_log),
     "loglevel": Name("log-level"),
     "preload_app": Name("preload"),
     "chdir": Name("chdir"),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ HTTP = "HTTP limits and timeouts"
 STATIC = "Static files"
 LOGGING = "Logging"
 DEPLOY = "Privileges, files and daemon"
+STATS = "Statistics"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class SettingInfo:
     metavar: str = ""
     multi: bool = False  # may be given several times; the value is a tuple
     switch: bool = False  # a boolean flag: ``--preload`` alone means true
+    bare: str | None = None  # the value when the flag is given without one (``--access-log``)
 
 
 def setting(
@@ -60,8 +63,9 @@ def setting(
     metavar: str = "",
     multi: bool = False,
     switch: bool = False,
+    bare: str | None = None,
 ) -> Any:
-    info = SettingInfo(topic, flags, help, parse, metavar, multi, switch)
+    info = SettingInfo(topic, flags, help, parse, metavar, multi, switch, bare)
     return field(default=default, metadata={"drover": info})
 
 
@@ -240,6 +244,50 @@ def parse_path(text: str) -> str:
     if not text.strip():
         raise ValueError("the path is empty")
     return text.strip()
+
+
+def parse_log_destination(text: str) -> str:
+    """A file path, ``-`` (Drover's own log), or a boolean: true means ``-``, false off."""
+    value = text.strip()
+    low = value.lower()
+    if low in _TRUE:
+        return "-"
+    if low in _FALSE:
+        return ""
+    # "--access-log myapp:app" would take the app for the file (the value is optional): a
+    # value that looks like an app, or a Python file, is refused rather than appended to.
+    if value.endswith(".py") or re.fullmatch(r"[\w.]+:[\w.]+(\(.*\))?", value):
+        raise ValueError(f"{text!r} looks like the app, not a log file: write "
+                         "'--access-log - APP', or put --access-log after APP")
+    return value
+
+
+def parse_log_format(text: str) -> str:
+    """A preset name or a format with %(var) placeholders; compiled now so errors name it."""
+    from drover.access import compile_format
+
+    compile_format(text)
+    return text
+
+
+def parse_regex(text: str) -> str:
+    import re
+
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"{text!r} is not a regular expression: {exc}") from None
+    return text
+
+
+def parse_stats_address(text: str) -> str:
+    """``HOST:PORT``, ``:PORT``, a unix socket path, or ``@name`` (abstract unix socket)."""
+    value = text.strip()
+    if value.startswith("@"):
+        if len(value) < 2:
+            raise ValueError(f"{text!r} names no abstract socket")
+        return value
+    return parse_address(value)
 
 
 def default_workers() -> int:
@@ -527,9 +575,58 @@ class Config:
     log_level: str = setting(
         "info", LOGGING, "debug, info, warning, error or critical.",
         parse_log_level, flags=("--log-level",), metavar="LEVEL")
-    access_log: bool = setting(
-        False, LOGGING, "Log one line per request (off by default: it costs throughput).",
-        parse_bool, flags=("--access-log",), switch=True)
+    log_file: str = setting(
+        "", LOGGING,
+        "Write Drover's own log (and the access log given as '-') to FILE instead of stderr "
+        "(uWSGI: logto). SIGUSR1 to the master reopens it (after logrotate renamed it).",
+        parse_str, flags=("--logto", "--log-file"), metavar="FILE")
+    log_maxsize: int = setting(
+        0, LOGGING,
+        "Rotate --log-file and --access-log files when they pass SIZE: the file is renamed to "
+        "FILE.<timestamp> and a new one started. 0: never.",
+        parse_size, flags=("--log-maxsize",), metavar="SIZE")
+    access_log: str = setting(
+        "", LOGGING,
+        "Log one line per request to FILE, or to Drover's log when FILE is '-' or omitted "
+        "(off by default: it costs throughput). SIGUSR1 to the master reopens the file.",
+        parse_log_destination, flags=("--access-log",), metavar="FILE", bare="-")
+    log_format: str = setting(
+        "combined", LOGGING,
+        "Access log line: a preset (common, combined, uwsgi, json) or a format with uWSGI's "
+        "variables, e.g. '%(addr) %(method) %(uri) %(status) %(msecs)ms' (docs/access-log.md).",
+        parse_log_format, flags=("--logformat", "--log-format"), metavar="FORMAT")
+    disable_logging: bool = setting(
+        False, LOGGING,
+        "Log no request lines, except those --log-4xx, --log-5xx and --log-slow ask for.",
+        parse_bool, flags=("--disable-logging",), switch=True)
+    log_4xx: bool = setting(
+        False, LOGGING, "With --disable-logging: still log requests answered 4xx.",
+        parse_bool, flags=("--log-4xx",), switch=True)
+    log_5xx: bool = setting(
+        False, LOGGING, "With --disable-logging: still log requests answered 5xx.",
+        parse_bool, flags=("--log-5xx",), switch=True)
+    log_slow: int = setting(
+        0, LOGGING, "With --disable-logging: still log requests that took more than MS "
+        "milliseconds. 0: off.",
+        non_negative_int, flags=("--log-slow",), metavar="MS")
+    log_exclude: tuple[str, ...] = setting(
+        (), LOGGING,
+        "Log no line for requests whose path (PATH_INFO) matches REGEX, e.g. '^/healthz$'. "
+        "Repeat for several.",
+        parse_regex, flags=("--log-exclude",), metavar="REGEX", multi=True)
+
+    # -- Statistics
+    stats: str = setting(
+        "", STATS,
+        "Serve statistics on ADDR (HOST:PORT, :PORT, a unix socket path, or @name for an "
+        "abstract socket): the master writes uWSGI's stats JSON document on each connection "
+        "(for uwsgitop, uwsgi_exporter, Telegraf) and closes it.",
+        parse_stats_address, flags=("--stats",), metavar="ADDR")
+    stats_http: bool = setting(
+        False, STATS,
+        "Answer on --stats over HTTP: GET / gives the JSON document, GET /metrics Prometheus' "
+        "text format (docs/stats.md).",
+        parse_bool, flags=("--stats-http",), switch=True)
 
 
     def app_title(self) -> str:

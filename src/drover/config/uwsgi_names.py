@@ -148,7 +148,6 @@ NOT_NEEDED: dict[str, str] = {
                       "(in memory up to --body-buffer-size, then in a temporary file)",
     "post-buffering-bufsize": "see post-buffering",
     "offload-threads": "Drover sends files with sendfile from its event loop",
-    "disable-logging": "Drover logs no requests unless --access-log is given",
     "log-master": "Drover's master and workers write their log lines themselves",
     "threaded-logger": "Drover's master and workers write their log lines themselves",
     "reaper": "Drover's master reaps its children",
@@ -397,9 +396,26 @@ def translate(options: list[IniOption], strict: bool, referenced: set[str],
             report.warning(f"{option.origin}: unknown option {key!r} ignored, as uWSGI "
                            f"ignores it{hint}")
     _static_falls_through(raws, keys)
+    _requests_logged(raws, keys, options)
     raws += _app_values(app, mounts, report)
     _check_uwsgi_peers(raws, keys, report)
     return raws
+
+
+def _requests_logged(raws: list[Raw], keys: dict[str, str], options: list[IniOption]) -> None:
+    """uWSGI logs every request (in its own format, to its log) unless disable-logging; Drover
+    logs none unless asked. A uwsgi.ini keeps uWSGI's habit: the access log goes to Drover's
+    log (--log-file, as logto) in the uwsgi preset, unless the file says otherwise."""
+    if "access-log" not in keys or "log-format" not in keys:
+        return
+    names = {raw.name for raw in raws}
+    if "access_log" in names or not options:
+        return
+    origin = options[0].origin.rsplit(":", 1)[0]
+    raws.append(Raw("access_log", "-", origin, "uWSGI's request logging (on unless "
+                    "disable-logging)"))
+    if "log_format" not in names:
+        raws.append(Raw("log_format", "uwsgi", origin, "uWSGI's request log line"))
 
 
 def _static_falls_through(raws: list[Raw], keys: dict[str, str]) -> None:

@@ -10,11 +10,12 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from drover.body import EMPTY_INPUT
-from drover.logs import access, log
+from drover.logs import log
 from drover.loop import Transport
 from drover.protocols.http import HttpConnection, error_response
 from drover.protocols.request import ContinueRequest, ProtocolError, Request
 from drover.protocols.uwsgi import UwsgiConnection
+from drover.stats.scoreboard import FIRST_BOUND as _FIRST_BOUND
 from drover.worker.sendfile import SendfileJob, serve_static
 from drover.wsgi import (
     FileWrapper,
@@ -152,6 +153,7 @@ class Connection:
             self.sendfile_job.cancel()
         if self.busy:
             # The client went away mid-response: the app's close() is still owed (PEP 3333).
+            self.lt.counters.write_errors += 1
             self._release(*self._end_response())
         self.parser.release()  # no reference cycles left: freed as soon as dropped
 
@@ -215,6 +217,7 @@ class Connection:
         """Bad input: a short answer (HTTP) and close; the worker is unharmed."""
         peer = self.environ.get("REMOTE_ADDR", "?")
         log.info("bad request from %s: %s %s", peer, error.status or "", error.reason)
+        self.lt.counters.read_errors += 1
         if error.status:
             self.send(error_response(error.status, error.reason, self.lt.server_date))
         self.close()
@@ -228,12 +231,13 @@ class Connection:
         static = lt.static  # --static-map: files answered before the app (drover.static)
         if (static is not None and environ["PATH_INFO"].startswith(static.prefixes)
                 and serve_static(self, request, static)):
+            lt.counters.static_requests += 1
             return
         environ["wsgi.input"] = request.body
         response = Response(request, lt.server_date, self)
-        if lt.access_log:
-            self.started = time.perf_counter()
         now = _monotonic()
+        if lt.timed:
+            self.started = now
         if lt.deferred and (now - lt.deferred_since > FLUSH_AFTER
                             or now - lt.last_serve > SLOW_REQUEST):
             # This pass of the loop is running long, or the request before this one was slow
@@ -245,6 +249,7 @@ class Connection:
         # call, each step of its iterable, close()), so that context variables set in one
         # step are there in the next even when that runs from another loop callback.
         ctx = self.ctx = _Context()
+        lt.serving = environ  # what the process title shows while busy
         lt.in_app = response
         try:
             result = ctx.run(lt.app, environ, response.start_response)
@@ -267,7 +272,19 @@ class Connection:
                 if lt.access_log or request.body is not EMPTY_INPUT:
                     self.done(request, response, None)
                     return
-                worker = lt.worker  # done(), inlined for the usual case
+                # done(), inlined for the usual case; with --stats, CoreCounters.done inlined
+                # too (a call is a third of its cost; the stats must cost under 3%).
+                counters = lt.stats_counters
+                if counters is not None:
+                    took = _monotonic() - now
+                    counters.tx += response.sent
+                    counters.running += took
+                    status = response.status
+                    if took < _FIRST_BOUND and "2" <= status < "3":  # type: ignore[operator]
+                        counters.fast += 1
+                    else:
+                        counters.count(status, took)
+                worker = lt.worker
                 worker.served += 1
                 if worker.served == worker.max_requests:
                     worker.recycle()
@@ -407,8 +424,10 @@ class Connection:
     def done(self, request: Request, response: Response, result: Iterable[bytes] | None) -> None:
         """The response is written: release the request, then keep the connection or close."""
         lt = self.lt
-        if lt.access_log:
-            self._log_access(request, response)
+        if lt.record is not None:
+            lt.record(self.started, response.status, response.sent)
+        if lt.access_log is not None:
+            lt.access_log.log(request.environ, response, _monotonic() - self.started, lt)
         if result is not None or request.body is not EMPTY_INPUT:
             self._release(request, result)
         worker = lt.worker
@@ -424,8 +443,16 @@ class Connection:
         environ = request.environ if request is not None else {}
         log.error("error handling %s %s", environ.get("REQUEST_METHOD"),
                   environ.get("REQUEST_URI"), exc_info=exc)
+        lt = self.lt
+        lt.counters.exceptions += 1
         if response is not None and not response.head_sent:
-            self.send(error_response(500, "The application failed", self.lt.server_date))
+            self.send(error_response(500, "The application failed", lt.server_date))
+            response.status = "500 Internal Server Error"
+        if response is not None and request is not None and lt.timed:
+            if lt.record is not None:
+                lt.record(self.started, response.status, response.sent)
+            if lt.access_log is not None:
+                lt.access_log.log(environ, response, _monotonic() - self.started, lt)
         self._release(request, result)
         self.close()
 
@@ -438,14 +465,6 @@ class Connection:
                 log.exception("error in the app's close()")
         if request is not None and request.body is not EMPTY_INPUT:
             request.body.close()
-
-    def _log_access(self, request: Request, response: Response) -> None:
-        environ = request.environ
-        status = (response.status or "500").split(" ", 1)[0]
-        took = (time.perf_counter() - self.started) * 1000
-        access.info('%s "%s %s %s" %s %d %.1fms', environ.get("REMOTE_ADDR"),
-                    environ.get("REQUEST_METHOD"), environ.get("REQUEST_URI"),
-                    environ.get("SERVER_PROTOCOL"), status, response.sent, took)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -505,6 +524,10 @@ class Connection:
             what = "request" if self.state == READING else "response"
             log.info("dropping connection from %s: no progress on its %s within the timeout",
                      self.environ.get("REMOTE_ADDR", "?"), what)
+            if self.state == READING:
+                self.lt.counters.read_errors += 1
+            else:
+                self.lt.counters.write_errors += 1
             if self.state == READING and self.parser.in_head and not self.busy:
                 self.send(error_response(408, "Request timeout", self.lt.server_date))
         self.close()

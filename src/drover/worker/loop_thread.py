@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from drover.logs import log
 from drover.loop import Loop, Server, adopt_socket
 from drover.sockets import Listener
+from drover.stats.scoreboard import CoreCounters
 from drover.worker.connection import FRESH, NEVER, Connection
 
 if TYPE_CHECKING:
@@ -50,8 +51,15 @@ class LoopThread:
         self.stop_deadline = 0.0
         self.keepalive = worker.config.keepalive_timeout > 0
         self.max_connections = worker.config.max_connections
-        self.access_log = worker.config.access_log
         self.static = worker.static  # None without --static-map
+        # Observability (drover.access, drover.stats): the access log (None: off), and the
+        # per-request recorder of the scoreboard's counters (None: --stats off, not called).
+        self.access_log = worker.access_log
+        self.counters = CoreCounters()
+        self.record = self.counters.done if worker.stats is not None else None
+        self.stats_counters = self.counters if worker.stats is not None else None
+        self.timed = self.access_log is not None or self.record is not None
+        self.serving: dict[str, object] = {}  # environ of the request last given to the app
         self.now = self.loop.time()
         self.clock = self.loop.time  # deadlines are precise; the tick checks them each second
         self.header_timeout = worker.config.header_timeout

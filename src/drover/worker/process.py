@@ -7,19 +7,23 @@ import contextlib
 import os
 import select
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from drover import logs
+from drover.access import AccessLog
+from drover.access import wanted as access_wanted
 from drover.config import Config
 from drover.harakiri import HarakiriWatch
 from drover.logs import log
 from drover.protocols.http import HttpLimits
 from drover.recycling import max_requests_for
 from drover.sockets import Listener
+from drover.stats import scoreboard
 from drover.worker.connection import Connection, UwsgiHandler
 from drover.worker.loop_thread import LoopThread
+from drover.worker.title import ProcessTitle
 from drover.wsgi import base_environ
 
 if TYPE_CHECKING:
@@ -67,10 +71,14 @@ class Worker:
             from drover.static import StaticFiles
 
             self.static = StaticFiles.from_config(config)
+        self.access_log = AccessLog(config, worker_id) if access_wanted(config) else None
+        self.stats = scoreboard.mine()  # None: --stats off
+        self.title = ProcessTitle(config.proc_name, worker_id)
         self.threads = [LoopThread(self, i) for i in range(config.threads)]
         if config.harakiri:
             self.harakiri = HarakiriWatch(self)
         self._signals: list[int] = []
+        self._next_observation = 0.0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -151,7 +159,8 @@ class Worker:
         """The main thread: start loops, then signals and heartbeats until stopped."""
         wake_r = self._wake_r
         signal.set_wakeup_fd(self._wake_w)
-        for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                        signal.SIGUSR1):
             signal.signal(handled, self._on_signal)
         for lt in self.threads:
             lt.thread.start()
@@ -179,8 +188,11 @@ class Worker:
                 os.read(wake_r, 64)
             while self._signals:
                 signum = self._signals.pop(0)
+                if signum == signal.SIGUSR1:
+                    logs.reopen()  # the master forwards USR1 after reopening its own
+                    continue
                 if signum == signal.SIGQUIT:
-                    os._exit(0)
+                    self._exit(0)
                 if not stopping:
                     stopping = True
                     drain = signum == signal.SIGHUP  # retiring: reload, recycling, TTOU
@@ -195,6 +207,7 @@ class Worker:
                              "retiring" if drain else "stopping gracefully")
                     for lt in self.threads:
                         lt.loop.call_soon_threadsafe(lt.begin_stop, drain)
+            self._observe()
             if stopping:
                 # Threads stuck in a request harakiri already answered have nothing left to
                 # finish: they do not hold up the stop.
@@ -212,7 +225,7 @@ class Worker:
             dead = [lt.index for lt in self.threads if not lt.thread.is_alive()]
             if dead:
                 log.error("%s: loop thread(s) %s died; exiting", self.label, dead)
-                os._exit(1)
+                self._exit(1)
             now = time.monotonic()
             if harakiri is not None:
                 wait = min(1.0, harakiri.check(now))
@@ -223,8 +236,24 @@ class Worker:
                 if all(now - lt.last_tick < 3.0 or (harakiri is not None and lt.in_app)
                        for lt in self.threads):
                     self.tell_master(b".")
-        sys.stderr.flush()
-        os._exit(0)
+        self._exit(0)
+
+    def _observe(self) -> None:
+        """Main thread, about once a second: publish the loop threads' counters on the
+        scoreboard and show what the worker is doing in its process title."""
+        now = time.monotonic()
+        if now < self._next_observation:
+            return
+        self._next_observation = now + 1.0
+        if self.stats is not None:
+            self.stats.publish(self.threads, logs.dropped_total())
+        self.title.show(self.threads, now)
+
+    def _exit(self, status: int) -> None:
+        if self.stats is not None:
+            self.stats.publish(self.threads, logs.dropped_total())
+        logs.flush()
+        os._exit(status)
 
 
 def load_worker_app(config: Config, listeners: list[Listener]) -> WsgiApp:
@@ -264,14 +293,14 @@ def run_worker(config: Config, listeners: list[Listener], app: WsgiApp | None,
             app = load_worker_app(config, listeners)
         except BaseException as exc:
             log.error("%s", describe_load_failure(config.app, exc))
-            sys.stderr.flush()
+            logs.flush()
             os._exit(EXIT_APP_LOAD)
     try:
         Worker(config, listeners, app, worker_id, generation, pipe).run()
     except BaseException:
         log.exception("worker %d (pid %d, generation %d) failed", worker_id, os.getpid(),
                       generation)
-        sys.stderr.flush()
+        logs.flush()
         os._exit(1)
 
 

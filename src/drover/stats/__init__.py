@@ -1,0 +1,1 @@
+"""Statistics: the scoreboard workers write and the server the master runs on it."""
