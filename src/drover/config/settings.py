@@ -268,10 +268,29 @@ class Config:
         "0: no limit.",
         parse_size, flags=("--limit-request-body",), metavar="SIZE")
     body_buffer_size: int = setting(
-        1024**2, HTTP,
-        "Request bodies up to this size are kept in memory; larger ones spill to a temporary "
-        "file.",
+        16 * 1024**2, HTTP,
+        "Request bodies of a declared length up to this size are kept in memory (while "
+        "--body-memory-limit allows); larger ones go to a temporary file. Chunked bodies stay "
+        "in memory up to 1 MiB (or this size if smaller).",
         parse_size, flags=("--body-buffer-size",), metavar="SIZE")
+    body_memory_limit: int = setting(
+        48 * 1024**2, HTTP,
+        "Most bytes of request bodies one worker keeps in memory at once; a body that would go "
+        "past it goes to a temporary file. 0: no limit.",
+        parse_size, flags=("--body-memory-limit",), metavar="SIZE")
+    body_min_rate: int = setting(
+        1024, HTTP,
+        "A request body must arrive at this many bytes per second at least, measured over "
+        "each --body-rate-window; slower: 408 and close. 0: only --io-timeout applies.",
+        parse_size, flags=("--body-min-rate",), metavar="BYTES")
+    body_rate_window: float = setting(
+        10.0, HTTP, "The period over which --body-min-rate is measured (the first one is the "
+        "grace period of a body).",
+        parse_seconds, flags=("--body-rate-window",), metavar="SECONDS")
+    body_timeout: float = setting(
+        600.0, HTTP, "A request body must be whole within this time of its first byte; "
+        "else 408 and close. 0: no limit.",
+        parse_seconds, flags=("--body-timeout",), metavar="SECONDS")
     buffer_size: int = setting(
         4096, HTTP, "Largest block of uwsgi request vars, in bytes (like uWSGI's buffer-size).",
         positive_int, flags=("--buffer-size",), metavar="BYTES")

@@ -59,7 +59,7 @@ from typing import Any
 
 import httptools
 
-from drover.body import EMPTY_INPUT, BodyBuffer
+from drover.body import EMPTY_INPUT, BodyBuffer, BodyPool, SizedBody
 from drover.protocols.request import ContinueRequest, ProtocolError, Request
 
 
@@ -73,6 +73,9 @@ class HttpLimits:
     header_block: int = 65536
     body: int = 0  # 0: unlimited
     spill: int = 1024 * 1024  # bodies above this go to a temporary file
+    # Where bodies are kept: the worker's shared BodyPool (its memory limit); None: a pool of
+    # the parser's own, without a limit (tests).
+    bodies: BodyPool | None = None
 
 
 Event = Request | ContinueRequest | ProtocolError
@@ -233,7 +236,8 @@ class HttpConnection:
     __slots__ = ("seed", "_declared", "_head_chunks", "_upgrade_body", "_upgrade_left",
                  "_upgrade_request", "_body", "_environ", "_limits", "_parser", "_url", "broken",
                  "events", "head_bytes", "in_head", "in_message", "_fields", "_fast_max",
-                 "_fast_lines", "_ended")
+                 "_fast_lines", "_ended", "_pool", "_raw_left", "_raw_keep_alive",
+                 "_began")
 
     def __init__(self, limits: HttpLimits, fast_path: bool = True) -> None:
         """``fast_path``: False sends every byte through llhttp (the tests compare the two)."""
@@ -256,7 +260,12 @@ class HttpConnection:
         # Each request's environ starts as a copy of this: the constant variables the worker
         # sets for the connection (addresses, wsgi.*). Opaque to the parser.
         self.seed: dict[str, Any] = {}
-        self._body: BodyBuffer | None = None
+        self._body: BodyBuffer | SizedBody | None = None
+        self._pool = limits.bodies if limits.bodies is not None else BodyPool(limits.spill)
+        # A Content-Length body still to come, received without llhttp (see _receive_raw).
+        self._raw_left = 0
+        self._raw_keep_alive = False
+        self._began = False  # a message began during this feed_data (see _receive)
         self._declared = 0  # body length the head declared; -1: chunked
         self._head_chunks = 0
         self._upgrade_left = 0
@@ -344,13 +353,15 @@ class HttpConnection:
 
     def _receive(self, data: bytes) -> None:
         """Everything the fast path does not take: llhttp, and the states after an error."""
+        if self._raw_left:
+            self._receive_raw(data)
+            return
         if self.broken:
             if self._upgrade_left:
                 self._receive_upgrade_body(data)
             elif self._ended:
                 self._after_end((data,))
             return
-        was_in_head = self.in_head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -375,13 +386,76 @@ class HttpConnection:
             status = 505 if "HTTP version" in reason else 400
             self._fail(ProtocolError(status, reason))
             return
-        if was_in_head and self.in_head:
-            # Still inside one head after a whole chunk: httptools buffers an unfinished field
-            # line itself, so bound what it may hold (fields are counted in on_header).
-            self._head_chunks += len(data)
+        if self.in_head:
+            # Inside a head after a whole chunk: httptools buffers an unfinished field line
+            # itself, so bound what it may hold (fields are counted exactly in on_header).
+            # Never charge a head more bytes than are its own, or the answer would depend on
+            # how the bytes were split (a chunk holding the end of earlier requests, charged
+            # whole to the next head, gave pipelined clients a spurious 431): a chunk in which
+            # the head began is not charged (its share of it is not known), later ones are.
+            if self._began:
+                self._began = False
+            else:
+                self._head_chunks += len(data)
             if self._head_chunks > self._limits.header_block + self._limits.request_line:
                 self._fail(ProtocolError(431, "Request header block too large")
                            if self._url else ProtocolError(414, "Request line too long"))
+        elif self._declared > 0 and self.in_message:
+            self._begin_raw()
+
+    # -- Content-Length bodies --------------------------------------------------------------
+
+    def _begin_raw(self) -> None:
+        """llhttp parsed a head with Content-Length and the start of its body, and returned
+        with the rest of the body to come. A counted body needs no parser: its bytes are
+        taken as they come (or received in place, see ``body_target``) and llhttp, which
+        still expects them, is replaced by a fresh parser for the next request. Whether the
+        connection stays open was decided by the head, so it is asked now."""
+        body = self._body
+        assert body is not None
+        self._raw_left = self._declared - body.size
+        self._raw_keep_alive = self._parser.should_keep_alive()
+        self._parser = httptools.HttpRequestParser(self)
+
+    def _receive_raw(self, data: bytes) -> None:
+        left = self._raw_left
+        body = self._body
+        assert body is not None
+        if len(data) <= left:
+            body.write(data)
+            self._raw_left = left - len(data)
+            if not self._raw_left:
+                self._complete_raw()
+            return
+        body.write(memoryview(data)[:left])
+        self._raw_left = 0
+        self._complete_raw()
+        self.receive_data(data[left:])
+
+    def body_target(self) -> memoryview | None:
+        """Where the rest of a large Content-Length body may be received in place (with
+        ``recv_into``), or None: the worker then passes bytes to ``receive_data``."""
+        body = self._body
+        if self._raw_left and type(body) is SizedBody:
+            return body.into()
+        return None
+
+    def body_received(self, count: int) -> None:
+        """``count`` bytes were received at the start of ``body_target()``."""
+        body = self._body
+        assert type(body) is SizedBody and 0 < count <= self._raw_left
+        body.filled(count)
+        self._raw_left -= count
+        if not self._raw_left:
+            self._complete_raw()
+
+    def _complete_raw(self) -> None:
+        """The last byte of a Content-Length body: what on_message_complete does for llhttp."""
+        self.on_message_complete(self._raw_keep_alive)
+        if not self._raw_keep_alive:
+            # The head ended the connection: as llhttp does, refuse anything after it but
+            # empty lines (the worker closes before answering it).
+            self.broken = self._ended = True
 
     # -- Upgrade and CONNECT ----------------------------------------------------------------
 
@@ -406,7 +480,7 @@ class HttpConnection:
         request.body.close()
         self._upgrade_request = request
         self._upgrade_left = declared
-        self._upgrade_body = BodyBuffer(self._limits.spill)
+        self._upgrade_body = BodyBuffer(self._pool.largest)
         self.in_message = True
         self._receive_upgrade_body(data[offset:])
 
@@ -441,6 +515,10 @@ class HttpConnection:
     def release(self) -> None:
         """The connection is gone: drop the llhttp parser, which refers back to this object."""
         self.broken = True
+        self._raw_left = 0
+        if self._body is not None:
+            self._body.discard()
+            self._body = None
         self._parser = None  # type: ignore[assignment]
 
     def eof_received(self) -> None:
@@ -452,12 +530,13 @@ class HttpConnection:
             self.broken = False
             self._fail(ProtocolError(400, "Incomplete request"))
         elif self.in_message and not self.broken:
+            self._raw_left = 0
             self._fail(ProtocolError(400, "Incomplete request"))
 
     # -- httptools callbacks (called from inside feed_data) ----------------------------------
 
     def on_message_begin(self) -> None:
-        self.in_message = self.in_head = True
+        self.in_message = self.in_head = self._began = True
         self.head_bytes = self._fields = self._head_chunks = self._declared = 0
         self._url = b""
         self._environ = self.seed.copy()
@@ -555,7 +634,8 @@ class HttpConnection:
             if body_expected and protocol == "HTTP/1.1":
                 self.events.append(CONTINUE)
         if body_expected:
-            self._body = BodyBuffer(limits.spill)
+            declared = self._declared
+            self._body = self._pool.sized(declared) if declared > 0 else self._pool.chunked()
 
     def on_body(self, data: bytes) -> None:
         body = self._body
@@ -566,7 +646,7 @@ class HttpConnection:
             raise ProtocolError(413, "Request body too large")
         body.write(data)
 
-    def on_message_complete(self) -> None:
+    def on_message_complete(self, keep_alive: bool | None = None) -> None:
         self.in_message = False
         environ = self._environ
         self._environ = _NO_ENVIRON  # the request owns it now; an idle connection holds none
@@ -577,7 +657,8 @@ class HttpConnection:
             stream = body.finish()
             environ["CONTENT_LENGTH"] = str(body.size)
             self._body = None
-        keep_alive = self._parser.should_keep_alive()
+        if keep_alive is None:
+            keep_alive = self._parser.should_keep_alive()
         if not keep_alive:
             self._fast_max = 0  # llhttp refuses what follows: leave it all to llhttp
         self.events.append(Request(

@@ -39,7 +39,7 @@ _monotonic = time.monotonic
 _Context = contextvars.Context
 
 # What a connection is waiting for, which decides its deadline.
-FRESH, IDLE, READING, WRITING = range(4)
+FRESH, IDLE, READING, WRITING, BODY = range(5)
 
 
 class Connection:
@@ -68,6 +68,12 @@ class Connection:
     held = b""  # input not parsed yet because many requests were already waiting (feed)
     continuing = False  # its streamed response goes on after the loop's flush
     ctx: contextvars.Context  # the context the current request's app code runs in
+    # A request body being received (state BODY): when it began, bytes seen since, and at the
+    # last rate check (see body_deadline).
+    body_started = 0.0
+    body_seen = 0
+    body_mark = 0
+    drop_reason = ""
 
     def __init__(self, loop_thread: LoopThread, environ: dict[str, Any]) -> None:
         self.lt = loop_thread
@@ -98,6 +104,25 @@ class Connection:
             self.feed(self.held + data)
         else:
             parser.receive_data(data)
+        if self.state == BODY:
+            self.body_seen += len(data)
+        self.parsed()
+
+    def received_into(self, count: int) -> None:
+        """Bytes of a request body received in place (see ``read_body``)."""
+        parser = self.parser
+        parser.body_received(count)
+        self.body_seen += count
+        target = parser.body_target()
+        self.transport.receive_into(target)
+        if target is None:  # the body is complete
+            self.parsed()
+        elif not self.lt.body_min_rate:
+            self.body_progress()
+
+    def parsed(self) -> None:
+        """After input was parsed: serve what is complete, set the deadline of what is not."""
+        parser = self.parser
         if not self.busy:
             if parser.events:
                 if self.lt.take_turns:
@@ -106,15 +131,67 @@ class Connection:
                     self.process()  # also sets the keep-alive deadline when it idles
             if parser.in_message and not self.closed and not self.busy:
                 lt = self.lt
-                if not parser.in_head:  # receiving a body: progress extends the deadline
-                    self.state = READING
-                    self.deadline = lt.clock() + lt.io_timeout
+                if not parser.in_head:
+                    if self.state != BODY:
+                        self.begin_body()
+                    elif not lt.body_min_rate:
+                        self.body_progress()
                 elif self.state != READING:  # the whole head must come within the timeout
                     self.state = READING
                     self.deadline = lt.clock() + lt.header_timeout
         if (len(parser.events) >= MAX_QUEUED_EVENTS or self.held) and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
+        elif (parser.in_message and not parser.in_head and not self.held
+                and not self.closed):
+            target = parser.body_target()
+            if target is not None:
+                # The rest of a large Content-Length body goes straight from the socket into
+                # the memory (or the file's buffer) that holds it: no parser, no bytes objects.
+                self.transport.receive_into(target)
+
+    def begin_body(self) -> None:
+        """A request's body has begun: from now on it must arrive at --body-min-rate (checked
+        every --body-rate-window) and be whole within --body-timeout."""
+        lt = self.lt
+        now = lt.clock()
+        self.state = BODY
+        self.body_started = now
+        self.body_seen = self.body_mark = 0
+        if lt.body_min_rate:
+            self.deadline = now + lt.body_rate_window
+        else:
+            self.deadline = now + lt.io_timeout
+        if lt.body_timeout:
+            self.deadline = min(self.deadline, now + lt.body_timeout)
+
+    def body_progress(self) -> None:
+        """Without --body-min-rate, progress on a body extends its deadline (--io-timeout),
+        up to --body-timeout."""
+        lt = self.lt
+        self.deadline = lt.clock() + lt.io_timeout
+        if lt.body_timeout:
+            self.deadline = min(self.deadline, self.body_started + lt.body_timeout)
+
+    def body_deadline(self) -> bool:
+        """The deadline of a body being received passed: True if it is too slow (or too
+        long) and must be dropped, else the next check is set."""
+        lt = self.lt
+        now = lt.clock()
+        if lt.body_timeout and now >= self.body_started + lt.body_timeout:
+            self.drop_reason = "its body did not arrive within --body-timeout"
+            return True
+        if not lt.body_min_rate:
+            self.drop_reason = "no progress on its body within --io-timeout"
+            return True
+        if self.body_seen - self.body_mark < lt.body_min_rate * lt.body_rate_window:
+            self.drop_reason = "its body arrived slower than --body-min-rate"
+            return True
+        self.body_mark = self.body_seen
+        self.deadline = now + lt.body_rate_window
+        if lt.body_timeout:
+            self.deadline = min(self.deadline, self.body_started + lt.body_timeout)
+        return False
 
     def feed(self, data: bytes) -> None:
         """Parse a large read a slice at a time, while few requests wait; hold the rest raw.
@@ -450,7 +527,16 @@ class Connection:
 
     def timed_out(self) -> None:
         """Called by the loop tick when the deadline passed."""
-        if self.state in (READING, WRITING):
+        if self.state == BODY and not self.busy:
+            if not self.body_deadline():
+                return
+            log.info("dropping connection from %s: %s", self.environ.get("REMOTE_ADDR", "?"),
+                     self.drop_reason)
+            self.transport.receive_into(None)
+            self.send(error_response(408, "Request body timeout", self.lt.server_date))
+            self.close()
+            return
+        if self.state in (READING, WRITING, BODY):
             what = "request" if self.state == READING else "response"
             log.info("dropping connection from %s: no progress on its %s within the timeout",
                      self.environ.get("REMOTE_ADDR", "?"), what)

@@ -52,6 +52,9 @@ class LoopThread:
         self.clock = self.loop.time  # deadlines are precise; the tick checks them each second
         self.header_timeout = worker.config.header_timeout
         self.io_timeout = worker.config.io_timeout
+        self.body_min_rate = worker.config.body_min_rate
+        self.body_rate_window = worker.config.body_rate_window
+        self.body_timeout = worker.config.body_timeout
         self.keepalive_timeout = worker.config.keepalive_timeout
         # Accepting: with one thread, this loop accepts on the listening sockets itself. With
         # several, the worker's main thread accepts and hands each connection to the least

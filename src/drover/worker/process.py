@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from drover.body import BodyPool
 from drover.config import Config
 from drover.logs import log
 from drover.protocols.http import HttpLimits
@@ -39,7 +40,8 @@ class Worker:
             request_line=config.limit_request_line, fields=config.limit_request_fields,
             field_size=config.limit_request_field_size,
             header_block=config.limit_request_headers, body=config.limit_request_body,
-            spill=config.body_buffer_size)
+            spill=config.body_buffer_size,
+            bodies=BodyPool(config.body_buffer_size, config.body_memory_limit))
         self.served = 0  # requests answered, over all loop threads (approximate: no lock)
         self.max_requests = config.max_requests or -1
         self.retiring = False
