@@ -22,15 +22,28 @@ it this module enforces what llhttp allows:
 - Limits: request line (414), header count, field size and header block (431), body (413).
 - Expect other than 100-continue: 417 (RFC 9110 section 10.1.1).
 - Trailer fields are never merged into the environ (RFC 9110 section 6.5.1).
-- A method llhttp does not know: 400. It rejects them before any callback and httptools gives
-  no error offset, so an unknown method cannot be told from garbage the same way whatever the
-  TCP segmentation; one status regardless of how the bytes arrive.
+- A method llhttp does not know but that is a token (RFC 9110 section 9.1) reaches the app:
+  llhttp parses the request with POST in its place (a request's framing does not depend on its
+  method) and the method is restored. What is not a token: 400.
+- The asterisk form (``*``) is only for OPTIONS (section 3.2.4): 400 otherwise.
+- Chunk extensions may have whitespace around ``;`` and ``=`` (section 7.1.1), which llhttp
+  refuses: ``Dechunker`` removes it from the chunk-size lines on their way to llhttp.
 - Upgrade and CONNECT: llhttp stops after the head. Upgrade requests are served as plain ones
   (their body read here) and the connection then closes; CONNECT is 501.
 - Header names containing ``_`` are dropped: they would collide with ``-`` once mapped to CGI
   names, so a client could forge a header a proxy set (e.g. X-Forwarded-For as X_Forwarded_For).
 - Repeated fields are joined with ", " (RFC 9110 section 5.3), Cookie with "; " (RFC 6265
   section 5.4).
+
+Heads, bodies and llhttp
+------------------------
+llhttp is given one head at a time, never the bytes after its empty line. A Content-Length
+body is counted, not parsed: its bytes go to the body as they come, or are received in place by
+the worker (``body_target``/``body_received``: recv_into the memory that holds the body), and
+llhttp is replaced by a fresh parser for the next request. A chunked body goes to llhttp
+through ``Dechunker``. What follows a message starts again at ``receive_data``. Since a head is
+fed alone, the bytes it is charged with (the bound on what httptools buffers for an unfinished
+field line) are its own whatever the split.
 
 The fast path
 -------------
@@ -52,6 +65,7 @@ parser with the fast path and to one without it and requires the same events.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -230,6 +244,93 @@ def _fast_field(line: bytes) -> tuple[str, str] | None:
     return field
 
 
+# The methods llhttp parses (its HTTP ones, and PRI, which it refuses as an HTTP/2 preface);
+# every other token is parsed as POST and restored (HttpConnection._method_for_llhttp).
+_LLHTTP_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY PRI".split())
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+# chunk = chunk-size [ chunk-ext ] CRLF (RFC 9112 section 7.1), with
+# chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ) (section 7.1.1),
+# chunk-ext-val = token / quoted-string (RFC 9110 section 5.6.4).
+_TOKEN_RE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED_RE = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_EXTENSION = re.compile(rb"[ \t]*;[ \t]*(" + _TOKEN_RE + rb")(?:[ \t]*=[ \t]*(" + _TOKEN_RE
+                        + rb"|" + _QUOTED_RE + rb"))?")
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:" + _EXTENSION.pattern + rb")*)\r\n")
+
+
+class Dechunker:
+    """Finds the chunk-size lines of a chunked body on its way to llhttp, and removes the
+    whitespace RFC 9112 allows around ``;`` and ``=`` in chunk extensions (``5 ; a = b``),
+    which llhttp refuses. Nothing else changes: llhttp still parses every byte, so it stays
+    the judge of the framing. A line outside the grammar above (or longer than
+    ``max_line``) is passed on unchanged and tracking stops: llhttp refuses it, or parses
+    the rest of the message itself.
+
+    ``feed(data)`` returns the bytes for llhttp and, once the message has ended (after the
+    last chunk and the trailer section), the bytes after it (None before)."""
+
+    __slots__ = ("_line", "_left", "_max_line", "_tail", "_trailers")
+
+    def __init__(self, max_line: int) -> None:
+        self._line = b""  # the start of a chunk-size line
+        self._left = 0  # chunk data and its CRLF still to pass
+        self._max_line = max_line
+        self._trailers = False  # after the last chunk
+        self._tail = b"\r\n"  # the end of what passed, to find the end of the trailers
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
+        out: list[bytes] = []
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._trailers:
+                probe = self._tail + data[pos:]
+                found = probe.find(b"\r\n\r\n")
+                if found < 0:
+                    self._tail = probe[-3:]
+                    out.append(data[pos:])
+                    break
+                end = pos + found + 4 - len(self._tail)
+                out.append(data[pos:end])
+                return b"".join(out), data[end:]
+            if self._left:
+                take = min(self._left, size - pos)
+                out.append(data[pos:pos + take])
+                self._left -= take
+                pos += take
+                continue
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._line += data[pos:]
+                if len(self._line) > self._max_line:
+                    out.append(self._line)
+                    return b"".join(out), b""  # not ours to judge (see the class docstring)
+                break
+            line = self._line + data[pos:newline + 1]
+            self._line = b""
+            pos = newline + 1
+            match = _CHUNK_LINE.fullmatch(line)
+            if match is None:
+                out.append(line)
+                out.append(data[pos:])
+                return b"".join(out), b""
+            digits, extensions = match.group(1), match.group(2)
+            if extensions:
+                line = digits + b"".join(
+                    b";" + ext.group(1) + (b"=" + ext.group(2) if ext.group(2) else b"")
+                    for ext in _EXTENSION.finditer(extensions)) + b"\r\n"
+            out.append(line)
+            chunk_size = int(digits, 16)
+            if chunk_size:
+                self._left = chunk_size + 2
+            else:
+                self._trailers = True
+        return b"".join(out), None
+
+
 class HttpConnection:
     """The HTTP/1.1 parser state of one client connection. Runs on a worker's loop thread."""
 
@@ -237,7 +338,7 @@ class HttpConnection:
                  "_upgrade_request", "_body", "_environ", "_limits", "_parser", "_url", "broken",
                  "events", "head_bytes", "in_head", "in_message", "_fields", "_fast_max",
                  "_fast_lines", "_ended", "_pool", "_raw_left", "_raw_keep_alive",
-                 "_began")
+                 "_dechunker", "_head_tail", "_method", "_method_held")
 
     def __init__(self, limits: HttpLimits, fast_path: bool = True) -> None:
         """``fast_path``: False sends every byte through llhttp (the tests compare the two)."""
@@ -265,7 +366,10 @@ class HttpConnection:
         # A Content-Length body still to come, received without llhttp (see _receive_raw).
         self._raw_left = 0
         self._raw_keep_alive = False
-        self._began = False  # a message began during this feed_data (see _receive)
+        self._dechunker: Dechunker | None = None  # a chunked body is being received
+        self._head_tail = b""  # the last bytes of the head so far (see _head_end)
+        self._method: str | None = None  # a method llhttp does not know, parsed as POST
+        self._method_held = b""  # the start of a request whose method is not whole yet
         self._declared = 0  # body length the head declared; -1: chunked
         self._head_chunks = 0
         self._upgrade_left = 0
@@ -352,9 +456,17 @@ class HttpConnection:
         self._receive(b"\r\n".join(lines[start:]) if start else data)
 
     def _receive(self, data: bytes) -> None:
-        """Everything the fast path does not take: llhttp, and the states after an error."""
+        """Everything the fast path does not take: llhttp, and the states after an error.
+
+        llhttp is given one head at a time (up to and including its empty line), never the
+        body after it: a Content-Length body is then taken without a parser (``_begin_raw``),
+        a chunked one goes through ``Dechunker`` first, and what follows a message starts
+        again at ``receive_data``, where the fast path may take it."""
         if self._raw_left:
             self._receive_raw(data)
+            return
+        if self._dechunker is not None:
+            self._receive_chunked(data)
             return
         if self.broken:
             if self._upgrade_left:
@@ -362,55 +474,121 @@ class HttpConnection:
             elif self._ended:
                 self._after_end((data,))
             return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrade_requested(data, exc.args[0] if exc.args else len(data))
-            return
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, ProtocolError):
-                self._fail(cause)
-                return
-            raise
-        except httptools.HttpParserInvalidMethodError:
-            # llhttp knows every registered method; the rest cannot be told from garbage
-            # reliably whatever the chunking, so one answer for both.
-            self._fail(ProtocolError(400, "Invalid or unsupported method"))
-            return
-        except httptools.HttpParserInvalidURLError:
-            self._fail(ProtocolError(400, "Invalid request target"))
-            return
-        except httptools.HttpParserError as exc:
-            reason = str(exc) or "Malformed request"
-            status = 505 if "HTTP version" in reason else 400
-            self._fail(ProtocolError(status, reason))
+        rest = b""
+        if self.in_head or not self.in_message or self._method_held:
+            if not self.in_head:
+                data = self._method_for_llhttp(data)
+                if not data:
+                    return  # the method is not whole yet
+            end = self._head_end(data)
+            if 0 <= end < len(data):
+                data, rest = data[:end], data[end:]
+        if not self._feed_llhttp(data):
+            if rest:
+                self._receive(rest)  # the body of an Upgrade request; else ignored
             return
         if self.in_head:
             # Inside a head after a whole chunk: httptools buffers an unfinished field line
             # itself, so bound what it may hold (fields are counted exactly in on_header).
-            # Never charge a head more bytes than are its own, or the answer would depend on
-            # how the bytes were split (a chunk holding the end of earlier requests, charged
-            # whole to the next head, gave pipelined clients a spurious 431): a chunk in which
-            # the head began is not charged (its share of it is not known), later ones are.
-            if self._began:
-                self._began = False
-            else:
-                self._head_chunks += len(data)
+            # Only this head's bytes were fed, whatever the chunks, so that the answer never
+            # depends on how the bytes were split.
+            self._head_chunks += len(data)
             if self._head_chunks > self._limits.header_block + self._limits.request_line:
                 self._fail(ProtocolError(431, "Request header block too large")
                            if self._url else ProtocolError(414, "Request line too long"))
-        elif self._declared > 0 and self.in_message:
-            self._begin_raw()
+                return
+        elif self.in_message:  # the head is complete and a body follows
+            if self._declared > 0:
+                self._begin_raw()
+            else:
+                self._dechunker = Dechunker(self._limits.field_size)
+        if rest:
+            self.receive_data(rest)
+
+    def _feed_llhttp(self, data: bytes) -> bool:
+        """llhttp parses ``data``; False when that ended the connection's parsing."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_requested(data, exc.args[0] if exc.args else len(data))
+            return False
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProtocolError):
+                self._fail(cause)
+                return False
+            raise
+        except httptools.HttpParserInvalidMethodError:
+            # Only what is not a token gets here (see _method_for_llhttp).
+            self._fail(ProtocolError(400, "Invalid method"))
+            return False
+        except httptools.HttpParserInvalidURLError:
+            self._fail(ProtocolError(400, "Invalid request target"))
+            return False
+        except httptools.HttpParserError as exc:
+            reason = str(exc) or "Malformed request"
+            status = 505 if "HTTP version" in reason else 400
+            self._fail(ProtocolError(status, reason))
+            return False
+        return True
+
+    def _head_end(self, data: bytes) -> int:
+        """Where the head being received ends in ``data`` (after its empty line), or -1; its
+        CR LF CR LF may have begun in the bytes fed before (``_head_tail``)."""
+        probe = self._head_tail + data if self.in_head else data
+        found = probe.find(b"\r\n\r\n")
+        if found < 0:
+            self._head_tail = probe[-3:]
+            return -1
+        return found + 4 - (len(probe) - len(data))
+
+    def _method_for_llhttp(self, data: bytes) -> bytes:
+        """At the start of a request: llhttp refuses methods it does not know, but any token
+        is a method (RFC 9110 section 9.1) and the app decides what to answer. Such a method is
+        kept aside and llhttp parses the request with POST in its place (the framing of a
+        request does not depend on its method), restored in on_headers_complete. The method
+        is held until its space arrives, so the answer does not depend on the split."""
+        if self._method_held:
+            data = self._method_held + data
+            self._method_held = b""
+        start = len(data) - len(data.lstrip(b"\r\n"))
+        space = data.find(b" ", start)
+        token = data[start:] if space < 0 else data[start:space]
+        if not token or token.translate(None, _TCHAR):
+            return data  # nothing yet, or not a token: llhttp refuses it
+        if space >= 0 and token in _LLHTTP_METHODS:
+            return data
+        if space < 0:
+            if len(token) > self._limits.request_line:
+                self._fail(ProtocolError(414, "Request line too long"))
+                return b""
+            self._method_held = data
+            self.in_message = True  # for the timeouts, and an EOF now is an incomplete request
+            return b""
+        self._method = token.decode("ascii")
+        return data[:start] + b"POST" + data[space:]
+
+    # -- chunked bodies ---------------------------------------------------------------------
+
+    def _receive_chunked(self, data: bytes) -> None:
+        dechunker = self._dechunker
+        assert dechunker is not None
+        out, rest = dechunker.feed(data)
+        if rest is not None:
+            self._dechunker = None
+        if out and not self._feed_llhttp(out):
+            return
+        if rest:
+            self.receive_data(rest)
 
     # -- Content-Length bodies --------------------------------------------------------------
 
     def _begin_raw(self) -> None:
-        """llhttp parsed a head with Content-Length and the start of its body, and returned
-        with the rest of the body to come. A counted body needs no parser: its bytes are
-        taken as they come (or received in place, see ``body_target``) and llhttp, which
-        still expects them, is replaced by a fresh parser for the next request. Whether the
-        connection stays open was decided by the head, so it is asked now."""
+        """llhttp parsed a head with Content-Length (and was given nothing after it). A
+        counted body needs no parser: its bytes are taken as they come (or received in place,
+        see ``body_target``) and llhttp, which still expects them, is replaced by a fresh
+        parser for the next request. Whether the connection stays open was decided by the
+        head, so it is asked now."""
         body = self._body
         assert body is not None
         self._raw_left = self._declared - body.size
@@ -451,11 +629,7 @@ class HttpConnection:
 
     def _complete_raw(self) -> None:
         """The last byte of a Content-Length body: what on_message_complete does for llhttp."""
-        self.on_message_complete(self._raw_keep_alive)
-        if not self._raw_keep_alive:
-            # The head ended the connection: as llhttp does, refuse anything after it but
-            # empty lines (the worker closes before answering it).
-            self.broken = self._ended = True
+        self._message_complete(self._raw_keep_alive)
 
     # -- Upgrade and CONNECT ----------------------------------------------------------------
 
@@ -506,6 +680,8 @@ class HttpConnection:
 
     def _fail(self, error: ProtocolError) -> None:
         self.broken = True
+        self._dechunker = None
+        self._method_held = b""
         self.in_message = self.in_head = False
         if self._body is not None:
             self._body.discard()
@@ -536,7 +712,7 @@ class HttpConnection:
     # -- httptools callbacks (called from inside feed_data) ----------------------------------
 
     def on_message_begin(self) -> None:
-        self.in_message = self.in_head = self._began = True
+        self.in_message = self.in_head = True
         self.head_bytes = self._fields = self._head_chunks = self._declared = 0
         self._url = b""
         self._environ = self.seed.copy()
@@ -579,10 +755,14 @@ class HttpConnection:
         protocol = _PROTOCOLS.get(parser.get_http_version())
         if protocol is None:
             raise ProtocolError(505, "HTTP version not supported")
-        raw_method = parser.get_method()
-        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        if method == "CONNECT":
-            raise ProtocolError(501, "CONNECT is not supported")
+        method = self._method
+        if method is None:
+            raw_method = parser.get_method()
+            method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+            if method == "CONNECT":
+                raise ProtocolError(501, "CONNECT is not supported")
+        else:
+            self._method = None
         environ = self._environ
         host = environ.get("HTTP_HOST")
         if host is None:
@@ -591,6 +771,8 @@ class HttpConnection:
         elif "," in host:
             raise ProtocolError(400, "Multiple Host headers")
         target = self._url
+        if target == b"*" and method != "OPTIONS":
+            raise ProtocolError(400, "The asterisk form is only for OPTIONS")  # RFC 9112 3.2.4
         parsed = _TARGETS.get(target)
         if parsed is None:
             parsed = _parse_target(target)
@@ -646,7 +828,10 @@ class HttpConnection:
             raise ProtocolError(413, "Request body too large")
         body.write(data)
 
-    def on_message_complete(self, keep_alive: bool | None = None) -> None:
+    def on_message_complete(self) -> None:
+        self._message_complete(self._parser.should_keep_alive())
+
+    def _message_complete(self, keep_alive: bool) -> None:
         self.in_message = False
         environ = self._environ
         self._environ = _NO_ENVIRON  # the request owns it now; an idle connection holds none
@@ -657,10 +842,10 @@ class HttpConnection:
             stream = body.finish()
             environ["CONTENT_LENGTH"] = str(body.size)
             self._body = None
-        if keep_alive is None:
-            keep_alive = self._parser.should_keep_alive()
         if not keep_alive:
-            self._fast_max = 0  # llhttp refuses what follows: leave it all to llhttp
+            # The connection ends with this request: as llhttp does, refuse anything after it
+            # but empty lines (the worker closes before answering it).
+            self.broken = self._ended = True
         self.events.append(Request(
             environ, stream, keep_alive,
             environ["SERVER_PROTOCOL"] == "HTTP/1.1", environ["REQUEST_METHOD"] == "HEAD"))
