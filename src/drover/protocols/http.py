@@ -270,8 +270,8 @@ class Dechunker:
     ``max_line``) is passed on unchanged and tracking stops: llhttp refuses it, or parses
     the rest of the message itself.
 
-    ``feed(data)`` returns the bytes for llhttp and, once the message has ended (after the
-    last chunk and the trailer section), the bytes after it (None before)."""
+    ``feed`` returns the bytes for llhttp and, once the message has ended (after the last
+    chunk and the trailer section), where it ended."""
 
     __slots__ = ("_line", "_left", "_max_line", "_tail", "_trailers")
 
@@ -282,9 +282,11 @@ class Dechunker:
         self._trailers = False  # after the last chunk
         self._tail = b"\r\n"  # the end of what passed, to find the end of the trailers
 
-    def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
+    def feed(self, data: bytes, pos: int) -> tuple[bytes, int]:
+        """``data`` from ``pos``: the bytes for llhttp, and where the message ended in
+        ``data`` (-1: not yet)."""
         out: list[bytes] = []
-        pos, size = 0, len(data)
+        size = len(data)
         while pos < size:
             if self._trailers:
                 probe = self._tail + data[pos:]
@@ -295,7 +297,7 @@ class Dechunker:
                     break
                 end = pos + found + 4 - len(self._tail)
                 out.append(data[pos:end])
-                return b"".join(out), data[end:]
+                return b"".join(out), end
             if self._left:
                 take = min(self._left, size - pos)
                 out.append(data[pos:pos + take])
@@ -307,7 +309,7 @@ class Dechunker:
                 self._line += data[pos:]
                 if len(self._line) > self._max_line:
                     out.append(self._line)
-                    return b"".join(out), b""  # not ours to judge (see the class docstring)
+                    return b"".join(out), size  # not ours to judge (see the class docstring)
                 break
             line = self._line + data[pos:newline + 1]
             self._line = b""
@@ -316,7 +318,7 @@ class Dechunker:
             if match is None:
                 out.append(line)
                 out.append(data[pos:])
-                return b"".join(out), b""
+                return b"".join(out), size
             digits, extensions = match.group(1), match.group(2)
             if extensions:
                 line = digits + b"".join(
@@ -328,7 +330,7 @@ class Dechunker:
                 self._left = chunk_size + 2
             else:
                 self._trailers = True
-        return b"".join(out), None
+        return b"".join(out), -1
 
 
 class HttpConnection:
@@ -363,7 +365,7 @@ class HttpConnection:
         self.seed: dict[str, Any] = {}
         self._body: BodyBuffer | SizedBody | None = None
         self._pool = limits.bodies if limits.bodies is not None else BodyPool(limits.spill)
-        # A Content-Length body still to come, received without llhttp (see _receive_raw).
+        # A Content-Length body still to come, received without llhttp (see _begin_raw).
         self._raw_left = 0
         self._raw_keep_alive = False
         self._dechunker: Dechunker | None = None  # a chunked body is being received
@@ -460,50 +462,63 @@ class HttpConnection:
 
         llhttp is given one head at a time (up to and including its empty line), never the
         body after it: a Content-Length body is then taken without a parser (``_begin_raw``),
-        a chunked one goes through ``Dechunker`` first, and what follows a message starts
-        again at ``receive_data``, where the fast path may take it."""
-        if self._raw_left:
-            self._receive_raw(data)
-            return
-        if self._dechunker is not None:
-            self._receive_chunked(data)
-            return
-        if self.broken:
-            if self._upgrade_left:
-                self._receive_upgrade_body(data)
-            elif self._ended:
-                self._after_end((data,))
-            return
-        rest = b""
-        if self.in_head or not self.in_message or self._method_held:
-            if not self.in_head:
-                data = self._method_for_llhttp(data)
-                if not data:
-                    return  # the method is not whole yet
-            end = self._head_end(data)
-            if 0 <= end < len(data):
-                data, rest = data[:end], data[end:]
-        if not self._feed_llhttp(data):
-            if rest:
-                self._receive(rest)  # the body of an Upgrade request; else ignored
-            return
-        if self.in_head:
-            # Inside a head after a whole chunk: httptools buffers an unfinished field line
-            # itself, so bound what it may hold (fields are counted exactly in on_header).
-            # Only this head's bytes were fed, whatever the chunks, so that the answer never
-            # depends on how the bytes were split.
-            self._head_chunks += len(data)
-            if self._head_chunks > self._limits.header_block + self._limits.request_line:
-                self._fail(ProtocolError(431, "Request header block too large")
-                           if self._url else ProtocolError(414, "Request line too long"))
+        a chunked one goes through ``Dechunker`` first. One pass over ``data`` by offsets: a
+        read of many pipelined requests is never copied once per request."""
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._raw_left:
+                take = min(self._raw_left, size - pos)
+                body = self._body
+                assert body is not None
+                body.write(data if take == size else memoryview(data)[pos:pos + take])
+                pos += take
+                self._raw_left -= take
+                if not self._raw_left:
+                    self._complete_raw()
+                continue
+            dechunker = self._dechunker
+            if dechunker is not None:
+                out, end = dechunker.feed(data, pos)
+                if end >= 0:
+                    self._dechunker = None
+                if out and not self._feed_llhttp(out):
+                    return
+                if end < 0:
+                    return
+                pos = end
+                continue
+            if self.broken:
+                rest = data[pos:] if pos else data
+                if self._upgrade_left:
+                    self._receive_upgrade_body(rest)
+                elif self._ended:
+                    self._after_end((rest,))
                 return
-        elif self.in_message:  # the head is complete and a body follows
-            if self._declared > 0:
-                self._begin_raw()
-            else:
-                self._dechunker = Dechunker(self._limits.field_size)
-        if rest:
-            self.receive_data(rest)
+            end = self._head_end(data, pos)
+            stop = size if end < 0 else end
+            head = data[pos:stop] if pos or stop != size else data
+            pos = stop
+            if not self.in_head:
+                head = self._method_for_llhttp(head)
+                if not head:
+                    return  # the method is not whole yet (held), or refused
+            if not self._feed_llhttp(head):
+                continue  # broken now: what follows is an Upgrade's body, or ignored
+            if self.in_head:
+                # Inside a head after all its bytes so far: httptools buffers an unfinished
+                # field line itself, so bound what it may hold (fields are counted exactly in
+                # on_header). Only this head's bytes were fed, so the count never depends on
+                # how the bytes were split.
+                self._head_chunks += len(head)
+                if self._head_chunks > self._limits.header_block + self._limits.request_line:
+                    self._fail(ProtocolError(431, "Request header block too large")
+                               if self._url else ProtocolError(414, "Request line too long"))
+                    return
+            elif self.in_message:  # the head is complete and a body follows
+                if self._declared > 0:
+                    self._begin_raw()
+                else:
+                    self._dechunker = Dechunker(self._limits.field_size)
 
     def _feed_llhttp(self, data: bytes) -> bool:
         """llhttp parses ``data``; False when that ended the connection's parsing."""
@@ -532,15 +547,20 @@ class HttpConnection:
             return False
         return True
 
-    def _head_end(self, data: bytes) -> int:
-        """Where the head being received ends in ``data`` (after its empty line), or -1; its
-        CR LF CR LF may have begun in the bytes fed before (``_head_tail``)."""
-        probe = self._head_tail + data if self.in_head else data
-        found = probe.find(b"\r\n\r\n")
-        if found < 0:
-            self._head_tail = probe[-3:]
-            return -1
-        return found + 4 - (len(probe) - len(data))
+    def _head_end(self, data: bytes, pos: int) -> int:
+        """Where the head being received ends in ``data`` (after its empty line), searching
+        from ``pos``, or -1; its CR LF CR LF may have begun in the bytes fed before."""
+        if pos == 0 and self.in_head and self._head_tail:
+            joined = self._head_tail + data[:3]
+            found = joined.find(b"\r\n\r\n")
+            if found >= 0:
+                return found + 4 - len(self._head_tail)
+        found = data.find(b"\r\n\r\n", pos)
+        if found >= 0:
+            return found + 4
+        self._head_tail = (self._head_tail + data[pos:])[-3:] if len(data) - pos < 3 \
+            else data[-3:]
+        return -1
 
     def _method_for_llhttp(self, data: bytes) -> bytes:
         """At the start of a request: llhttp refuses methods it does not know, but any token
@@ -551,6 +571,10 @@ class HttpConnection:
         if self._method_held:
             data = self._method_held + data
             self._method_held = b""
+        else:
+            space = data.find(b" ", 0, 16)
+            if space > 0 and data[:space] in _LLHTTP_METHODS:
+                return data  # the usual case
         start = len(data) - len(data.lstrip(b"\r\n"))
         space = data.find(b" ", start)
         token = data[start:] if space < 0 else data[start:space]
@@ -568,19 +592,6 @@ class HttpConnection:
         self._method = token.decode("ascii")
         return data[:start] + b"POST" + data[space:]
 
-    # -- chunked bodies ---------------------------------------------------------------------
-
-    def _receive_chunked(self, data: bytes) -> None:
-        dechunker = self._dechunker
-        assert dechunker is not None
-        out, rest = dechunker.feed(data)
-        if rest is not None:
-            self._dechunker = None
-        if out and not self._feed_llhttp(out):
-            return
-        if rest:
-            self.receive_data(rest)
-
     # -- Content-Length bodies --------------------------------------------------------------
 
     def _begin_raw(self) -> None:
@@ -594,21 +605,6 @@ class HttpConnection:
         self._raw_left = self._declared - body.size
         self._raw_keep_alive = self._parser.should_keep_alive()
         self._parser = httptools.HttpRequestParser(self)
-
-    def _receive_raw(self, data: bytes) -> None:
-        left = self._raw_left
-        body = self._body
-        assert body is not None
-        if len(data) <= left:
-            body.write(data)
-            self._raw_left = left - len(data)
-            if not self._raw_left:
-                self._complete_raw()
-            return
-        body.write(memoryview(data)[:left])
-        self._raw_left = 0
-        self._complete_raw()
-        self.receive_data(data[left:])
 
     def body_target(self) -> memoryview | None:
         """Where the rest of a large Content-Length body may be received in place (with
