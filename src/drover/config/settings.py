@@ -148,6 +148,14 @@ def parse_network(text: str) -> str:
     return text.strip()
 
 
+def parse_forwarded_ip(text: str) -> str:
+    """Addresses, networks (CIDR) or ``*`` (every peer), separated by commas."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ValueError(f"{text!r} names no address or network")
+    return ",".join("*" if part == "*" else parse_network(part) for part in parts)
+
+
 def parse_mount(text: str) -> str:
     prefix, sep, app = text.partition("=")
     prefix = prefix.strip()
@@ -190,6 +198,19 @@ class Config:
         "Peer addresses or networks (CIDR) allowed to speak uwsgi over TCP. Default: loopback "
         "only. Unix sockets are governed by --chmod-socket. Repeat for several.",
         parse_network, flags=("--uwsgi-allow-from",), metavar="NET", multi=True)
+    forwarded_allow_ips: tuple[str, ...] = setting(
+        (), SOCKETS,
+        "Peers (addresses, CIDR networks, or * for all) whose X-Forwarded-For, -Proto, -Host, "
+        "-Port and Forwarded fields (and PROXY protocol headers) are believed: REMOTE_ADDR, "
+        "wsgi.url_scheme, HTTP_HOST, SERVER_NAME and SERVER_PORT then follow them. Default: "
+        "loopback. Unix socket peers are always trusted. Repeat or separate with commas.",
+        parse_forwarded_ip, flags=("--forwarded-allow-ips",), metavar="NET", multi=True)
+    proxy_protocol: bool = setting(
+        False, SOCKETS,
+        "Read a PROXY protocol header (v1 or v2, as HAProxy and TCP load balancers send) at the "
+        "start of each HTTP connection from a --forwarded-allow-ips peer (required from them); "
+        "one from any other peer closes the connection.",
+        parse_bool, flags=("--proxy-protocol",), switch=True)
     chmod_socket: int | None = setting(
         None, SOCKETS, "File mode of unix sockets Drover creates, in octal (e.g. 660).",
         parse_octal_mode, flags=("--chmod-socket",), metavar="MODE")

@@ -11,6 +11,14 @@ from typing import TYPE_CHECKING, Any
 from drover.body import EMPTY_INPUT
 from drover.logs import access, log
 from drover.loop import Transport
+from drover.protocols.forwarded import (
+    FORWARDED_KEYS,
+    V1_PREFIX,
+    V2_SIGNATURE,
+    TrustedPeers,
+    apply_forwarded,
+    parse_proxy_header,
+)
 from drover.protocols.http import HttpConnection, error_response
 from drover.protocols.request import ContinueRequest, ProtocolError, Request
 from drover.protocols.uwsgi import UwsgiConnection
@@ -40,6 +48,7 @@ _Context = contextvars.Context
 
 # What a connection is waiting for, which decides its deadline.
 FRESH, IDLE, READING, WRITING, BODY = range(5)
+PROXY_EXPECTED, PROXY_REFUSED = 1, 2  # Connection.proxy_state
 
 
 class Connection:
@@ -74,6 +83,12 @@ class Connection:
     body_seen = 0
     body_mark = 0
     drop_reason = ""
+    # Behind a proxy (see drover.protocols.forwarded): the peers to believe when the
+    # connection's peer is one of them (None: its forwarding fields change nothing), and the
+    # PROXY protocol header expected (PROXY_EXPECTED) or refused (PROXY_REFUSED) first.
+    forwarded: TrustedPeers | None = None
+    proxy_state = 0
+    proxy_buffer = b""
 
     def __init__(self, loop_thread: LoopThread, environ: dict[str, Any]) -> None:
         self.lt = loop_thread
@@ -93,12 +108,62 @@ class Connection:
                                           self.peer)
         self.parser.seed = self.environ
         lt = self.lt
+        self.trust_peer()
         lt.connections.add(self)
         self.deadline = lt.clock() + lt.header_timeout
         if len(lt.connections) >= lt.max_connections:
             lt.pause_accepting()
 
+    def trust_peer(self) -> None:
+        """Once per connection: is the peer a proxy whose forwarding fields are believed?
+        Unix socket peers are local, hence trusted."""
+        peers = self.lt.worker.trusted_peers
+        peer = self.peer
+        trusted = not isinstance(peer, tuple) or peers.trusts(peer[0])
+        if self.lt.proxy_protocol:
+            self.proxy_state = PROXY_EXPECTED if trusted else PROXY_REFUSED
+        if trusted:
+            self.forwarded = peers
+
+    def proxy_input(self, data: bytes) -> bytes:
+        """The first bytes of a connection under --proxy-protocol: the header (from a trusted
+        peer, required) or its absence (from any other peer); what follows it, for HTTP."""
+        address = self.environ.get("REMOTE_ADDR", "?")
+        if self.proxy_state == PROXY_REFUSED:
+            self.proxy_state = 0
+            if data.startswith(V1_PREFIX) or data.startswith(V2_SIGNATURE[:len(data[:12])]):
+                log.warning("PROXY protocol header from %s, not in --forwarded-allow-ips: "
+                            "closing", address)
+                self.close()
+                return b""
+            return data
+        data = self.proxy_buffer + data
+        try:
+            header = parse_proxy_header(data)
+        except ProtocolError as error:
+            log.warning("closing connection from %s: %s", address, error.reason)
+            self.close()
+            return b""
+        if header is None:
+            self.proxy_buffer = data
+            return b""
+        self.proxy_state = 0
+        self.proxy_buffer = b""
+        if not header.local:
+            environ = self.environ
+            environ["REMOTE_ADDR"] = header.source
+            environ["REMOTE_PORT"] = str(header.source_port)
+            self.peer = (header.source, header.source_port)
+            # The forwarding fields are now those of the real client's requests.
+            peers = self.lt.worker.trusted_peers
+            self.forwarded = peers if peers.trusts(header.source) else None
+        return data[header.length:]
+
     def data_received(self, data: bytes) -> None:
+        if self.proxy_state:
+            data = self.proxy_input(data)
+            if not data:
+                return
         parser = self.parser
         if self.held or len(data) > FEED_SLICE:
             self.feed(self.held + data)
@@ -302,6 +367,12 @@ class Connection:
             request.keep_alive = False
         environ = request.environ  # the connection's seed with this request's variables
         environ["wsgi.input"] = request.body
+        forwarded = self.forwarded
+        if forwarded is not None:  # a trusted proxy's connection
+            for key in FORWARDED_KEYS:
+                if key in environ:
+                    apply_forwarded(environ, forwarded)
+                    break
         response = Response(request, lt.server_date, self)
         if lt.access_log:
             self.started = time.perf_counter()
@@ -549,6 +620,9 @@ class Connection:
 
 class UwsgiHandler(Connection):
     """A uwsgi connection: one request from nginx (or another uwsgi client), then close."""
+
+    def trust_peer(self) -> None:
+        """nginx passes the client's address in the uwsgi vars themselves."""
 
     def make_parser(self) -> UwsgiConnection:  # type: ignore[override]
         return UwsgiConnection(self.lt.worker.limits, self.lt.config.buffer_size)

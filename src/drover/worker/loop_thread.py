@@ -52,6 +52,7 @@ class LoopThread:
         self.clock = self.loop.time  # deadlines are precise; the tick checks them each second
         self.header_timeout = worker.config.header_timeout
         self.io_timeout = worker.config.io_timeout
+        self.proxy_protocol = worker.config.proxy_protocol
         self.body_min_rate = worker.config.body_min_rate
         self.body_rate_window = worker.config.body_rate_window
         self.body_timeout = worker.config.body_timeout

@@ -15,6 +15,7 @@ from typing import Any
 from drover.body import BodyPool
 from drover.config import Config
 from drover.logs import log
+from drover.protocols.forwarded import TrustedPeers
 from drover.protocols.http import HttpLimits
 from drover.sockets import Listener
 from drover.worker.connection import Connection, UwsgiHandler
@@ -48,6 +49,8 @@ class Worker:
         self.environs = {
             id(listener): base_environ(config.threads > 1, config.workers > 1)
             for listener in listeners}
+        self.trusted_peers = TrustedPeers(config.forwarded_allow_ips
+                                          or ("127.0.0.0/8", "::1/128"))
         self._uwsgi_peers: dict[str, bool] = {}
         self.uwsgi_networks: list[Any] = []
         if any(listener.protocol == "uwsgi" for listener in listeners):
