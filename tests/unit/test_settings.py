@@ -30,7 +30,8 @@ def test_every_setting_has_a_flag_in_help_and_an_environment_variable() -> None:
 def _sample(switch: bool, name: str) -> str:
     samples = {"http": "127.0.0.1:9000", "uwsgi": "/tmp/x.sock", "uwsgi_allow_from": "10.0.0.0/8",
                "chmod_socket": "660", "mount": "/a=app:app", "log_level": "debug",
-               "limit_request_body": "10M", "body_buffer_size": "64k"}
+               "limit_request_body": "10M", "body_buffer_size": "64k",
+               "forwarded_allow_ips": "10.0.0.0/8,*"}
     if switch:
         return "true"
     if name in samples:
