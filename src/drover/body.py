@@ -39,6 +39,7 @@ CHUNKED_IN_MEMORY = 1024 * 1024  # chunked bodies above this spill to a file
 FILE_SCRATCH = 256 * 1024  # receive buffer of a body being written to a file
 _PRIVATE = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 _HUGE = 2 * 1024 * 1024
+MAP_ROUND = 256 * 1024  # map lengths are multiples of this, so that maps fit later bodies
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
 
 
@@ -121,13 +122,20 @@ class BodyBuffer:
 
 
 class BodyPool:
-    """One worker's bodies in memory: at most ``limit`` bytes reserved at once (0: no limit),
-    each at most ``largest`` bytes. Shared by the worker's loop threads."""
+    """One worker's bodies in memory: maps of at most ``largest`` bytes each, and at most
+    ``limit`` bytes of them at once (0: no limit). Shared by the worker's loop threads.
+
+    The map of a finished body is kept for the next one (``give_back``): a fresh map costs a
+    page fault and the zeroing of every page, more than receiving the bytes themselves.
+    Kept maps count against the limit and are dropped first when a body needs the room, and
+    all of them once the pool goes unused between two calls of ``trim`` (the loop's tick)."""
 
     def __init__(self, largest: int, limit: int = 0) -> None:
         self.largest = largest
         self.limit = limit
-        self.reserved = 0
+        self.reserved = 0  # bytes of the maps in use and kept
+        self._free: list[mmap.mmap] = []
+        self._used = False  # a map was handed out since the last trim
         self._lock = threading.Lock()
 
     def chunked(self) -> BodyBuffer:
@@ -138,43 +146,76 @@ class BodyPool:
         """A body whose length is declared (> 0): memory if it fits, else a temporary file."""
         if size < SMALL_BODY and size <= self.largest:
             return BodyBuffer(self.largest)
-        if size <= self.largest and self._reserve(size):
-            return SizedBody(size, self)
-        return SizedBody(size, None)
+        buffer = self.acquire(size) if size <= self.largest else None
+        return SizedBody(size, self if buffer is not None else None, buffer)
 
-    def _reserve(self, size: int) -> bool:
+    def acquire(self, size: int) -> mmap.mmap | None:
+        """A map of at least ``size`` bytes (a kept one if one fits), or None: no room."""
+        length = -(-size // MAP_ROUND) * MAP_ROUND
         with self._lock:
-            if self.limit and self.reserved + size > self.limit:
-                return False
-            self.reserved += size
-            return True
+            self._used = True
+            best: mmap.mmap | None = None
+            for kept in self._free:
+                if length <= len(kept) <= 2 * length and (best is None or len(kept) < len(best)):
+                    best = kept
+            if best is not None:
+                self._free.remove(best)
+                return best
+            dropped = []
+            while self.limit and self.reserved + length > self.limit and self._free:
+                kept = self._free.pop()
+                self.reserved -= len(kept)
+                dropped.append(kept)
+            room = not self.limit or self.reserved + length <= self.limit
+            if room:
+                self.reserved += length
+        for kept in dropped:
+            _unmap(kept)
+        return _new_map(length) if room else None
 
-    def release(self, size: int) -> None:
+    def give_back(self, buffer: mmap.mmap) -> None:
+        """The body in ``buffer`` is done with: keep the map for the next body."""
         with self._lock:
-            self.reserved -= size
+            self._free.append(buffer)
+
+    def trim(self) -> None:
+        """Unmap the kept maps if no body needed one since the last call (loop tick)."""
+        with self._lock:
+            if self._used or not self._free:
+                self._used = False
+                return
+            dropped, self._free = self._free, []
+            self.reserved -= sum(len(kept) for kept in dropped)
+        for kept in dropped:
+            _unmap(kept)
+
+
+def _new_map(length: int) -> mmap.mmap:
+    # Private and anonymous: plain process memory (a shared map would be a shmem file, each
+    # page going through its page cache), in huge pages where the kernel allows: a 10 MiB
+    # body then costs 5 page faults, not 2,560.
+    buffer = mmap.mmap(-1, length, flags=_PRIVATE)
+    if length >= _HUGE:
+        with contextlib.suppress(OSError):
+            buffer.madvise(_MADV_HUGEPAGE)
+    return buffer
 
 
 class SizedBody:
-    """A body of a declared length, received in place: into a memory map (``pool`` given, the
-    reservation made) or through a scratch buffer into a temporary file."""
+    """A body of a declared length, received in place: into a memory map from ``pool``, or
+    (no pool) through a scratch buffer into a temporary file."""
 
     __slots__ = ("_file", "_map", "_pool", "_scratch", "_view", "declared", "size")
 
-    def __init__(self, declared: int, pool: BodyPool | None) -> None:
+    def __init__(self, declared: int, pool: BodyPool | None,
+                 buffer: mmap.mmap | None = None) -> None:
         self.declared = declared
         self.size = 0
         self._pool = pool
-        self._map: mmap.mmap | None = None
+        self._map: mmap.mmap | None = buffer
         self._file: BinaryIO | None = None
-        if pool is not None:
-            # Private and anonymous: plain process memory (a shared map would be a shmem
-            # file, each page going through its page cache), in huge pages where the kernel
-            # allows: a 10 MiB body then costs 5 page faults, not 2,560.
-            self._map = mmap.mmap(-1, declared, flags=_PRIVATE)
-            if declared >= _HUGE:
-                with contextlib.suppress(OSError):
-                    self._map.madvise(_MADV_HUGEPAGE)
-            self._view = memoryview(self._map)
+        if buffer is not None:
+            self._view = memoryview(buffer)[:declared]
         else:
             self._file = _temporary_file()
             self._scratch = bytearray(min(FILE_SCRATCH, declared))
@@ -182,9 +223,9 @@ class SizedBody:
 
     def into(self) -> memoryview:
         """Where the next bytes of the body may be received (never past its end)."""
-        left = self.declared - self.size
         if self._map is not None:
             return self._view[self.size:]
+        left = self.declared - self.size
         return self._view if left >= len(self._view) else self._view[:left]
 
     def filled(self, count: int) -> None:
@@ -221,11 +262,12 @@ class SizedBody:
         """The body will never be complete (the client went away or broke the framing)."""
         self._view.release()
         if self._map is not None:
-            _unmap(self._map)
-            self._map = None
             if self._pool is not None:
-                self._pool.release(self.declared)
+                self._pool.give_back(self._map)
                 self._pool = None
+            else:
+                _unmap(self._map)
+            self._map = None
         elif self._file is not None:
             self._file.close()
             self._file = None
@@ -240,8 +282,8 @@ def _unmap(buffer: mmap.mmap) -> None:
 class MappedInput:
     """wsgi.input over a body received into a memory map: a read-only, seekable binary file.
 
-    Closing it (the worker does once the response is done) unmaps the body and gives its
-    reservation back to the pool; so does dropping it unclosed.
+    Closing it (the worker does once the response is done) gives its map back to the pool;
+    so does dropping it unclosed.
     """
 
     __slots__ = ("_map", "_pool", "_pos", "_size")
@@ -341,10 +383,11 @@ class MappedInput:
         buffer = self._map
         if buffer is not None:
             self._map = None
-            _unmap(buffer)
             if self._pool is not None:
-                self._pool.release(self._size)
+                self._pool.give_back(buffer)
                 self._pool = None
+            else:
+                _unmap(buffer)
 
     def __del__(self) -> None:
         self.close()

@@ -23,8 +23,10 @@ NEXT = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
 
 
 def mapped(data: bytes) -> MappedInput:
-    body = SizedBody(len(data), BodyPool(1 << 30))
+    body = BodyPool(1 << 30).sized(max(len(data), SMALL_BODY))
+    assert isinstance(body, SizedBody)
     body.write(data)
+    body.size = body.declared = len(data)  # a short body in a map: as if it had been declared
     stream = body.finish()
     assert isinstance(stream, MappedInput)
     return stream
@@ -72,8 +74,37 @@ def test_pool_keeps_bodies_in_memory_up_to_its_limit_then_uses_files() -> None:
     assert pool.reserved == 6 * size
     assert hasattr(streams[6], "fileno")  # the seventh went to a temporary file
     for stream in streams:
+        assert stream.read() == b"x" * size
         stream.close()
+    # Maps are kept for the next bodies (no new page faults), within the limit...
+    assert pool.reserved == 6 * size
+    again = pool.sized(size)
+    assert isinstance(again, SizedBody) and pool.reserved == 6 * size  # a kept map, no new one
+    again.discard()
+    # ... a larger body takes the room of kept maps ...
+    large = pool.sized(1 << 20)
+    assert isinstance(large, SizedBody)
+    large.write(b"y" * (1 << 20))
+    stream = large.finish()
+    assert isinstance(stream, MappedInput) and stream.read() == b"y" * (1 << 20)
+    stream.close()
+    assert pool.reserved <= 3 << 20
+    # ... and all go once the pool is unused between two trims (the loop's tick).
+    pool.trim()
+    pool.trim()
     assert pool.reserved == 0
+
+
+def test_a_reused_map_gives_only_its_own_body() -> None:
+    pool = BodyPool(largest=1 << 20)
+    first = pool.sized(300_000)
+    assert isinstance(first, SizedBody)
+    first.write(b"a" * 300_000)
+    first.finish().close()
+    second = pool.sized(200_000)
+    assert isinstance(second, SizedBody)
+    second.write(b"b" * 200_000)
+    assert second.finish().read() == b"b" * 200_000
 
 
 def test_a_body_larger_than_the_in_memory_size_goes_to_a_file() -> None:
@@ -86,13 +117,14 @@ def test_a_body_larger_than_the_in_memory_size_goes_to_a_file() -> None:
     assert pool.reserved == 0
 
 
-def test_a_discarded_body_gives_its_reservation_back() -> None:
+def test_a_discarded_body_gives_its_map_back() -> None:
     pool = BodyPool(largest=1 << 20, limit=1 << 20)
     conn = HttpConnection(HttpLimits(bodies=pool))
     conn.receive_data(HEAD.replace(b"%d" % len(BODY), b"500000") + b"abc")
-    assert pool.reserved == 500000
     conn.eof_received()
     assert [e.kind for e in map(reduce, conn.events)] == ["error"]
+    pool.trim()
+    pool.trim()
     assert pool.reserved == 0
 
 

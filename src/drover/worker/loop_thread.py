@@ -202,6 +202,7 @@ class LoopThread:
         self.now = now = self.loop.time()
         self.last_tick = time.monotonic()
         self._refresh_date()
+        self.worker.bodies.trim()  # maps of past bodies, unless bodies keep coming
         expired = [c for c in self.connections if c.deadline < now]
         for conn in expired:
             conn.timed_out()

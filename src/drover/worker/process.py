@@ -37,12 +37,14 @@ class Worker:
         self.app = app
         self.worker_id = worker_id
         self.pipe = pipe
+        # Request bodies kept in memory, shared by the loop threads (see drover.body).
+        self.bodies = BodyPool(config.body_buffer_size, config.body_memory_limit)
         self.limits = HttpLimits(
             request_line=config.limit_request_line, fields=config.limit_request_fields,
             field_size=config.limit_request_field_size,
             header_block=config.limit_request_headers, body=config.limit_request_body,
             spill=config.body_buffer_size,
-            bodies=BodyPool(config.body_buffer_size, config.body_memory_limit))
+            bodies=self.bodies)
         self.served = 0  # requests answered, over all loop threads (approximate: no lock)
         self.max_requests = config.max_requests or -1
         self.retiring = False
