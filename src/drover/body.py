@@ -31,7 +31,7 @@ import io
 import mmap
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 SMALL_BODY = 64 * 1024  # declared bodies below this: a BodyBuffer (see the module docstring)
@@ -39,6 +39,7 @@ CHUNKED_IN_MEMORY = 1024 * 1024  # chunked bodies above this spill to a file
 FILE_SCRATCH = 256 * 1024  # receive buffer of a body being written to a file
 _PRIVATE = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 _HUGE = 2 * 1024 * 1024
+PENDING_MAX = 256 * 1024  # bytes kept aside for a body that waits for memory
 MAP_ROUND = 256 * 1024  # map lengths are multiples of this, so that maps fit later bodies
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", 14)
 
@@ -136,6 +137,7 @@ class BodyPool:
         self.reserved = 0  # bytes of the maps in use and kept
         self._free: list[mmap.mmap] = []
         self._used = False  # a map was handed out since the last trim
+        self._waiters: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
     def chunked(self) -> BodyBuffer:
@@ -143,11 +145,26 @@ class BodyPool:
         return BodyBuffer(min(self.largest, CHUNKED_IN_MEMORY))
 
     def sized(self, size: int) -> BodyBuffer | SizedBody:
-        """A body whose length is declared (> 0): memory if it fits, else a temporary file."""
+        """A body whose length is declared (> 0): in memory if it may be; a temporary file if
+        it is larger than ``largest``. A body that may be in memory but finds no room yet is
+        not placed (``SizedBody.place``): the worker waits a little for room (``wait``)."""
         if size < SMALL_BODY and size <= self.largest:
             return BodyBuffer(self.largest)
-        buffer = self.acquire(size) if size <= self.largest else None
-        return SizedBody(size, self if buffer is not None else None, buffer)
+        if size > self.largest:
+            return SizedBody(size, None)
+        buffer = self.acquire(size)
+        return SizedBody(size, self, buffer, placed=buffer is not None)
+
+    def wait(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (once, from whichever thread frees it) when memory is given back."""
+        with self._lock:
+            self._waiters.append(wake)
+
+    def _wake(self) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for wake in waiters:
+            wake()
 
     def acquire(self, size: int) -> mmap.mmap | None:
         """A map of at least ``size`` bytes (a kept one if one fits), or None: no room."""
@@ -177,6 +194,9 @@ class BodyPool:
         """The body in ``buffer`` is done with: keep the map for the next body."""
         with self._lock:
             self._free.append(buffer)
+            waiting = bool(self._waiters)
+        if waiting:
+            self._wake()
 
     def trim(self) -> None:
         """Unmap the kept maps if no body needed one since the last call (loop tick)."""
@@ -203,23 +223,50 @@ def _new_map(length: int) -> mmap.mmap:
 
 class SizedBody:
     """A body of a declared length, received in place: into a memory map from ``pool``, or
-    (no pool) through a scratch buffer into a temporary file."""
+    (no pool) through a scratch buffer into a temporary file. With ``placed`` False it has
+    neither yet: what arrives meanwhile is kept aside (up to PENDING_MAX) until ``place``."""
 
-    __slots__ = ("_file", "_map", "_pool", "_scratch", "_view", "declared", "size")
+    __slots__ = ("_file", "_map", "_pending", "_pool", "_scratch", "_view", "declared",
+                 "placed", "size")
 
     def __init__(self, declared: int, pool: BodyPool | None,
-                 buffer: mmap.mmap | None = None) -> None:
+                 buffer: mmap.mmap | None = None, placed: bool = True) -> None:
         self.declared = declared
         self.size = 0
         self._pool = pool
-        self._map: mmap.mmap | None = buffer
+        self._map: mmap.mmap | None = None
         self._file: BinaryIO | None = None
+        self._pending: list[bytes] = []
+        self.placed = False
+        if placed:
+            self._place(buffer)
+
+    def _place(self, buffer: mmap.mmap | None) -> None:
+        self.placed = True
         if buffer is not None:
-            self._view = memoryview(buffer)[:declared]
+            self._map = buffer
+            self._view = memoryview(buffer)[:self.declared]
         else:
+            self._pool = None
             self._file = _temporary_file()
-            self._scratch = bytearray(min(FILE_SCRATCH, declared))
+            self._scratch = bytearray(min(FILE_SCRATCH, self.declared))
             self._view = memoryview(self._scratch)
+        pending, self._pending = self._pending, []
+        size, self.size = self.size, 0
+        for data in pending:
+            self.write(data)
+        assert self.size == size
+
+    def place(self, force: bool) -> bool:
+        """Memory for a body that has none yet, if the pool has room now; else, with
+        ``force``, a temporary file. True when placed."""
+        if self.placed:
+            return True
+        buffer = self._pool.acquire(self.declared) if self._pool is not None else None
+        if buffer is None and not force:
+            return False
+        self._place(buffer)
+        return True
 
     def into(self) -> memoryview:
         """Where the next bytes of the body may be received (never past its end)."""
@@ -243,13 +290,19 @@ class SizedBody:
         count = len(data)
         if self._map is not None:
             self._map[self.size:self.size + count] = data
-            self.size += count
-        else:
-            assert self._file is not None
+        elif self._file is not None:
             self._file.write(data)
-            self.size += count
+        else:
+            self._pending.append(bytes(data))
+            if self.size + count > PENDING_MAX:  # nobody waits for room: do without
+                self.size += count
+                self._place(None)
+                return
+        self.size += count
 
     def finish(self) -> BinaryIO:
+        if not self.placed:
+            self._place(None)
         self._view.release()
         if self._map is not None:
             return MappedInput(self._map, self.size, self._pool)  # type: ignore[return-value]
@@ -260,6 +313,9 @@ class SizedBody:
 
     def discard(self) -> None:
         """The body will never be complete (the client went away or broke the framing)."""
+        self._pending = []
+        if not self.placed:
+            return
         self._view.release()
         if self._map is not None:
             if self._pool is not None:

@@ -203,3 +203,40 @@ def test_an_endless_head_is_still_refused_when_it_arrives_in_pieces() -> None:
     for size in (100, 1000, 5000):
         events = feed([data[i:i + size] for i in range(0, len(data), size)], limits)
         assert events == [Seen("error", status=431)]
+
+
+def test_a_body_without_room_waits_then_takes_memory_given_back() -> None:
+    pool = BodyPool(largest=1 << 20, limit=1 << 20)
+    first = pool.sized(1 << 20)
+    assert isinstance(first, SizedBody) and first.placed
+    woken: list[bool] = []
+    second = pool.sized(300_000)
+    assert isinstance(second, SizedBody) and not second.placed  # no room: it waits
+    second.write(b"early bytes ")  # what arrived with the head is kept aside
+    assert not second.place(force=False)
+    pool.wait(lambda: woken.append(True))
+    first.write(b"f" * (1 << 20))
+    first.finish().close()  # gives its map back: the waiter is woken
+    assert woken == [True]
+    assert second.place(force=False) and second.placed
+    second.write(b"z" * (300_000 - 12))
+    stream = second.finish()
+    assert isinstance(stream, MappedInput)
+    assert stream.read() == b"early bytes " + b"z" * (300_000 - 12)
+
+
+def test_a_waiting_body_goes_to_a_file_when_forced_or_when_too_much_arrives() -> None:
+    pool = BodyPool(largest=1 << 20, limit=1 << 20)
+    hog = pool.sized(1 << 20)
+    forced = pool.sized(300_000)
+    assert isinstance(forced, SizedBody) and not forced.placed
+    assert forced.place(force=True) and forced.placed
+    forced.write(b"q" * 300_000)
+    assert forced.finish().read() == b"q" * 300_000
+    flooded = pool.sized(600_000)
+    assert isinstance(flooded, SizedBody) and not flooded.placed
+    flooded.write(b"w" * 300_000)  # nobody waited for room: past PENDING_MAX, a file
+    assert flooded.placed
+    flooded.write(b"w" * 300_000)
+    assert flooded.finish().read() == b"w" * 600_000
+    hog.discard()

@@ -610,9 +610,19 @@ class HttpConnection:
         """Where the rest of a large Content-Length body may be received in place (with
         ``recv_into``), or None: the worker then passes bytes to ``receive_data``."""
         body = self._body
-        if self._raw_left and type(body) is SizedBody:
+        if self._raw_left and type(body) is SizedBody and body.placed:
             return body.into()
         return None
+
+    def body_waiting(self) -> bool:
+        """A Content-Length body waits for room in the worker's memory (see drover.body)."""
+        body = self._body
+        return bool(self._raw_left) and type(body) is SizedBody and not body.placed
+
+    def place_body(self, force: bool) -> bool:
+        """Try again to give a waiting body memory (with ``force``: a file); True if done."""
+        body = self._body
+        return type(body) is not SizedBody or body.place(force)
 
     def body_received(self, count: int) -> None:
         """``count`` bytes were received at the start of ``body_target()``."""

@@ -212,9 +212,17 @@ class UwsgiConnection:
     def body_target(self) -> memoryview | None:
         """Where the rest of a large declared body may be received in place (see http.py)."""
         body = self._body
-        if type(body) is SizedBody and self._left > 0 and not self.broken:
+        if type(body) is SizedBody and body.placed and self._left > 0 and not self.broken:
             return body.into()
         return None
+
+    def body_waiting(self) -> bool:
+        body = self._body
+        return type(body) is SizedBody and not body.placed and self._left > 0
+
+    def place_body(self, force: bool) -> bool:
+        body = self._body
+        return type(body) is not SizedBody or body.place(force)
 
     def body_received(self, count: int) -> None:
         body = self._body

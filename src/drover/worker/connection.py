@@ -40,6 +40,7 @@ FLUSH_AFTER = 0.001  # seconds an answer may wait for its loop pass to end (Loop
 SLOW_REQUEST = 0.00025  # after a request that took longer, answers are not held (ditto)
 MAX_QUEUED_EVENTS = 32  # pipelined requests parsed ahead before reading pauses
 FEED_SLICE = 16 * 1024  # a larger read is parsed in slices of this size (Connection.feed)
+MEMORY_WAIT = 0.5  # seconds a body may wait for room in memory before it goes to a file
 
 NEVER = float("inf")
 _END = object()  # next()'s default: the app's iterable is exhausted
@@ -83,6 +84,7 @@ class Connection:
     body_seen = 0
     body_mark = 0
     drop_reason = ""
+    memory_wait = 0.0  # since when its body waits for memory (wait_for_memory)
     # Behind a proxy (see drover.protocols.forwarded): the peers to believe when the
     # connection's peer is one of them (None: its forwarding fields change nothing), and the
     # PROXY protocol header expected (PROXY_EXPECTED) or refused (PROXY_REFUSED) first.
@@ -214,6 +216,34 @@ class Connection:
                 # The rest of a large Content-Length body goes straight from the socket into
                 # the memory (or the file's buffer) that holds it: no parser, no bytes objects.
                 self.transport.receive_into(target)
+            elif parser.body_waiting() and not self.memory_wait:
+                self.wait_for_memory()
+
+    def wait_for_memory(self) -> None:
+        """The worker's bodies fill --body-memory-limit: stop reading this body until one is
+        done (the pool wakes us), or for MEMORY_WAIT at most, then write it to a file. Slower
+        bodies than those in memory are rare; a file costs twice the CPU time of memory."""
+        lt = self.lt
+        self.memory_wait = lt.clock()
+        self.transport.pause_reading()
+        lt.worker.bodies.wait(lambda: lt.loop.call_soon_threadsafe(self.retry_memory))
+        lt.loop.call_later(MEMORY_WAIT, self.retry_memory)
+
+    def retry_memory(self) -> None:
+        """Woken by the pool, or MEMORY_WAIT passed (loop thread)."""
+        if not self.memory_wait or self.closed:
+            return
+        lt = self.lt
+        parser = self.parser
+        if not parser.place_body(force=lt.clock() - self.memory_wait >= MEMORY_WAIT):
+            lt.worker.bodies.wait(lambda: lt.loop.call_soon_threadsafe(self.retry_memory))
+            return
+        self.memory_wait = 0.0
+        if not self.reading_paused:
+            self.transport.resume_reading()
+        target = parser.body_target()
+        if target is not None:
+            self.transport.receive_into(target)
 
     def begin_body(self) -> None:
         """A request's body has begun: from now on it must arrive at --body-min-rate (checked
