@@ -660,7 +660,7 @@ class HttpConnection:
         request.body.close()
         self._upgrade_request = request
         self._upgrade_left = declared
-        self._upgrade_body = BodyBuffer(self._pool.largest)
+        self._upgrade_body = self._pool.chunked()
         self.in_message = True
         self._receive_upgrade_body(data[offset:])
 
