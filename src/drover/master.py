@@ -47,6 +47,7 @@ SIGNAL_NAMES: dict[int, str] = {
     signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGQUIT: "quit", signal.SIGHUP: "hup",
     signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld",
     signal.SIGUSR1: "usr1", signal.SIGUSR2: "usr2", signal.SIGWINCH: "winch"}
+_WORKER_IGNORES = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH})
 
 
 @dataclass
@@ -298,7 +299,10 @@ class Master:
             try:
                 signal.set_wakeup_fd(-1)
                 for signum in SIGNAL_NAMES:
-                    signal.signal(signum, signal.SIG_DFL)
+                    # USR1, USR2 and WINCH never end a worker (run_worker ignores them too):
+                    # ignored from here, not from after importing the worker's code.
+                    signal.signal(signum, signal.SIG_IGN if signum in _WORKER_IGNORES
+                                  else signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_NAMES)
                 os.close(read_fd)
                 for other in self.workers.values():
