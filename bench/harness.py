@@ -29,8 +29,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -58,6 +59,7 @@ SLEEP_THREADS = 16
 SLEEP_SECONDS = 0.020
 IDEAL_BLOCKING_RPS = SLEEP_THREADS / SLEEP_SECONDS
 MIB = 1 << 20
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of utime and stime in /proc/PID/stat
 
 Protocol = Literal["http", "uwsgi"]
 Front = Literal["direct", "nginx_uwsgi", "nginx_http"]
@@ -801,6 +803,48 @@ def measure_memory(root: int) -> Memory:
     return Memory(worker_kib=worker, total_kib=sum(sizes.values()))
 
 
+def server_pids(root: int) -> list[int]:
+    """The processes that serve: the root's descendants (the workers; a master only manages),
+    or the root itself when it works alone."""
+    return descendants(root) or [root]
+
+
+def cpu_ticks(pids: Iterable[int]) -> int:
+    """utime + stime (fields 14 and 15 of /proc/PID/stat, every thread) of these processes."""
+    total = 0
+    for pid in pids:
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+class PeakRss:
+    """Samples the summed RSS of some processes every 50 ms in a thread; ``peak`` in KiB."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(rss_kib(pid) for pid in self.pids))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 # --------------------------------------------------------------------------- requests
 
 
@@ -893,6 +937,11 @@ class WrkResult:
     write_errors: int
     timeouts: int
     non_2xx: int  # wrk counts responses with status >= 400
+    # The server's worker(s): utime + stime over the round (and its settling) per request, in
+    # microseconds; peak RSS during the round and RSS before the scenario's first request.
+    cpu_us: float = 0.0
+    peak_rss_kib: int = 0
+    idle_rss_kib: int = 0
 
     @property
     def errors(self) -> int:
@@ -1029,6 +1078,7 @@ class Outcome:
     reason: str = ""
     rounds: list[WrkResult] = field(default_factory=list)
     memory: Memory | None = None
+    idle_rss_kib: int = 0  # the worker(s) once started, before any load
 
     @property
     def name(self) -> str:
@@ -1135,6 +1185,7 @@ class Runner:
             )
             process.stop()
             return
+        outcome.idle_rss_kib = sum(rss_kib(pid) for pid in server_pids(process.pid))
         log(f"  {server.name}: up on port {port} (pid {process.pid})")
         live[outcome.server] = (process, port)
 
@@ -1210,18 +1261,29 @@ class Runner:
         round_no: int,
     ) -> None:
         process, port = live[outcome.server]
+        pids = server_pids(process.pid)
+        ticks = cpu_ticks(pids)
         try:
-            result = run_wrk(
-                f"http://{HOST}:{port}{scenario.workload.path}",
-                scenario.workload,
-                self.settings.duration,
-                self.settings.pin,
-            )
+            with PeakRss(pids) as rss:
+                result = run_wrk(
+                    f"http://{HOST}:{port}{scenario.workload.path}",
+                    scenario.workload,
+                    self.settings.duration,
+                    self.settings.pin,
+                )
         except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
             outcome.status, outcome.reason = "failed", f"wrk failed in round {round_no}: {exc}"
             log(f"  {outcome.name}: FAILED: {outcome.reason}\n{process.log_tail()}")
             return
         settle(process.pid)
+        ticks = cpu_ticks(pids) - ticks
+        if result.requests:
+            result = dataclasses.replace(
+                result,
+                cpu_us=ticks / CLOCK_TICKS * 1e6 / result.requests,
+                peak_rss_kib=rss.peak,
+                idle_rss_kib=outcome.idle_rss_kib,
+            )
         if not process.alive():
             outcome.status, outcome.reason = (
                 "failed",
@@ -1236,7 +1298,8 @@ class Runner:
         outcome.rounds.append(result)
         r = result
         log(
-            f"  round {round_no} {outcome.name:18} {r.rps:10.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
+            f"  round {round_no} {outcome.name:18} {r.rps:10.0f} req/s  {r.cpu_us:8.1f} us CPU/req"
+            f"  p50 {r.p50_ms:7.2f} ms  "
             f"p99 {r.p99_ms:7.2f} ms  errors {r.errors} (c{r.connect_errors} r{r.read_errors} "
             f"w{r.write_errors} t{r.timeouts})  non-2xx {r.non_2xx}"
         )
@@ -1275,6 +1338,58 @@ def ratio_target(
     )
 
 
+def best_peer_target(
+    results: dict[str, ScenarioResult], scenario: str, peers: Sequence[str], minimum: float,
+    label: str
+) -> TargetResult:
+    """Drover's req/s against the better of ``peers`` in the same run."""
+    res = results.get(scenario)
+    drover = res.get("drover") if res else None
+    others = [o for o in (res.get(p) for p in peers) if o is not None] if res else []
+    if res is None or drover is None or not others:
+        return TargetResult(label, "not measured", "N/A")
+    best = max(others, key=lambda o: o.median("rps"))
+    ratio = drover.median("rps") / best.median("rps")
+    return TargetResult(
+        label,
+        f"{ratio:.2f}x {best.name} ({drover.median('rps'):,.0f} vs {best.median('rps'):,.0f} "
+        "req/s)",
+        "PASS" if ratio >= minimum else "MISS",
+    )
+
+
+def cpu_target(
+    results: dict[str, ScenarioResult], scenario: str, peer: str, maximum: float, label: str
+) -> TargetResult:
+    """Drover's CPU time per request against a peer's (lower is better)."""
+    res = results.get(scenario)
+    drover = res.get("drover") if res else None
+    other = res.get(peer) if res else None
+    if res is None or drover is None or other is None or not other.median("cpu_us"):
+        return TargetResult(label, "not measured", "N/A")
+    ratio = drover.median("cpu_us") / other.median("cpu_us")
+    return TargetResult(
+        label,
+        f"{ratio:.2f}x ({drover.median('cpu_us'):,.1f} vs {other.median('cpu_us'):,.1f} "
+        "us/req)",
+        "PASS" if ratio <= maximum else "MISS",
+    )
+
+
+def rss_growth_target(
+    results: dict[str, ScenarioResult], scenario: str, limit_mib: float, label: str
+) -> TargetResult:
+    """Drover's worker RSS during the rounds, above its RSS before any load."""
+    res = results.get(scenario)
+    drover = res.get("drover") if res else None
+    if drover is None:
+        return TargetResult(label, "not measured", "N/A")
+    growth = max(r.peak_rss_kib - r.idle_rss_kib for r in drover.rounds) / 1024
+    return TargetResult(
+        label, f"+{growth:.1f} MiB at peak", "PASS" if growth <= limit_mib else "MISS"
+    )
+
+
 def evaluate_targets(results: dict[str, ScenarioResult]) -> list[TargetResult]:
     targets = [
         ratio_target(results, "hello", "granian", 1.3, "Hello world: Drover >= 1.3x Granian"),
@@ -1285,6 +1400,17 @@ def evaluate_targets(results: dict[str, ScenarioResult]) -> list[TargetResult]:
         ratio_target(results, "flask", "granian", 1.1, "Flask: Drover >= 1.1x Granian"),
         ratio_target(
             results, "nginx_uwsgi", "uwsgi", 1.0, "nginx uwsgi_pass: Drover >= 1.0x uWSGI"
+        ),
+        cpu_target(
+            results, "nginx_uwsgi", "uwsgi", 0.8,
+            "nginx uwsgi_pass: Drover's CPU per request <= 0.8x uWSGI's",
+        ),
+        best_peer_target(
+            results, "big_post", ("granian", "uwsgi"), 1.0,
+            "10 MiB POST: Drover >= 1.0x the better of Granian and uWSGI",
+        ),
+        rss_growth_target(
+            results, "big_post", 64, "10 MiB POST: Drover's worker RSS <= 64 MiB above idle"
         ),
     ]
 
@@ -1453,16 +1579,17 @@ def scenario_table(res: ScenarioResult) -> list[str]:
     base_p50 = drover.median("p50_ms") if drover else None
     base_p99 = drover.median("p99_ms") if drover else None
     base_rss = drover.memory.worker_kib if drover and drover.memory else None
+    base_cpu = drover.median("cpu_us") if drover else None
     lines = [
-        "| server | req/s | x Drover | p50 ms (x Drover) | p99 ms (x Drover) | errors | non-2xx "
-        "| worker RSS MiB (x Drover) | all processes MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | req/s | x Drover | CPU us/req (x Drover) | p50 ms (x Drover) "
+        "| p99 ms (x Drover) | errors | non-2xx | worker RSS MiB (x Drover) | all processes MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for o in res.outcomes:
         name = f"**{o.name}**" if o.server == "drover" else o.name
         if o.status != "ok" or not o.rounds:
             what = "unavailable" if o.status == "unavailable" else "FAILED"
-            lines.append(f"| {name} | {what}: {o.reason.replace('|', '/')} | | | | | | | |")
+            lines.append(f"| {name} | {what}: {o.reason.replace('|', '/')} | | | | | | | | |")
             continue
         rps, p50, p99 = o.median("rps"), o.median("p50_ms"), o.median("p99_ms")
         mem = o.memory
@@ -1472,6 +1599,7 @@ def scenario_table(res: ScenarioResult) -> list[str]:
             name,
             f"{rps:,.0f}",
             fmt_ratio(rps, base_rps),
+            f"{o.median('cpu_us'):,.1f} ({fmt_ratio(o.median('cpu_us'), base_cpu)})",
             f"{p50:.2f} ({fmt_ratio(p50, base_p50)})",
             f"{p99:.2f} ({fmt_ratio(p99, base_p99)})",
             fmt_errors(o),
@@ -1492,8 +1620,28 @@ METHOD = (
     "count of responses with status >= 400 (every server's answer is also checked for status 200 "
     "and the exact body before counting). Worker RSS is read from /proc after the last round: "
     "the worker process (the largest child of a master), or the process itself for "
-    "single-process servers; the last column adds up the whole process tree."
+    "single-process servers; the last column adds up the whole process tree. CPU us/req is the "
+    "utime + stime of the worker process(es) (every process below the master, or the server "
+    "itself when alone) over each counted round, divided by its requests (median of rounds)."
 )
+
+
+def cpu_ranking(results: dict[str, ScenarioResult]) -> list[str]:
+    """Servers ranked by CPU time per request in each scenario (noise moves req/s on a shared
+    2-core machine, where the client side often limits it; it hardly moves this)."""
+    lines = [
+        "| scenario | servers by CPU per request, lowest first (us/req) |",
+        "|---|---|",
+    ]
+    for res in results.values():
+        ok = [o for o in res.outcomes if o.status == "ok" and o.rounds and o.median("cpu_us")]
+        ranked = sorted(ok, key=lambda o: o.median("cpu_us"))
+        cells = ", ".join(
+            (f"**{o.name}**" if o.server == "drover" else o.name) + f" {o.median('cpu_us'):,.1f}"
+            for o in ranked
+        )
+        lines.append(f"| {res.scenario.key} | {cells or '-'} |")
+    return lines
 
 
 def write_markdown(
@@ -1520,6 +1668,13 @@ def write_markdown(
         "| target | measured | result |",
         "|---|---|---|",
         *[f"| {t.target} | {t.measured} | **{t.verdict}** |" for t in targets],
+        "",
+        "## CPU per request",
+        "",
+        "utime + stime of each server's worker process(es) from /proc over the counted rounds "
+        "(and the settling after each), divided by the requests answered.",
+        "",
+        *cpu_ranking(results),
         "",
     ]
     for res in results.values():
@@ -1631,6 +1786,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
+        "--scenarios",
+        dest="only",
         action="append",
         default=[],
         metavar="SCENARIO",

@@ -63,6 +63,7 @@ class StreamProtocol(Protocol):
 
     def connection_made(self, transport: Transport) -> None: ...
     def data_received(self, data: bytes) -> None: ...
+    def received_into(self, count: int) -> None: ...
     def eof_received(self) -> bool: ...
     def connection_lost(self, exc: Exception | None) -> None: ...
     def pause_writing(self) -> None: ...
@@ -297,6 +298,7 @@ class Transport:
     _closing = False
     _lost = False
     _mask = EPOLLIN  # the events epoll watches for
+    _into: memoryview | None = None  # receive_into's target; None: the loop's read buffer
 
     def __init__(self, loop: Loop, sock: socket.socket | _socket.socket,
                  protocol: StreamProtocol, peername: Any = _UNKNOWN,
@@ -370,6 +372,12 @@ class Transport:
     def get_write_buffer_size(self) -> int:
         return self._buffered
 
+    def receive_into(self, target: memoryview | None) -> None:
+        """Receive the next bytes straight into ``target`` and report their count with the
+        protocol's ``received_into(count)`` (a request body received in place); None: back to
+        the loop's buffer and ``data_received``."""
+        self._into = target
+
     def pause_reading(self) -> None:
         if self._reading:
             self._reading = False
@@ -407,17 +415,20 @@ class Transport:
             if not self._reading:
                 return  # (epoll has this socket only while it wants reading or writing)
         loop = self._loop
+        into = self._into
         try:
-            size = self._recv_into(loop.read_buffer)
+            size = self._recv_into(loop.read_buffer if into is None else into)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._fatal(exc)
             return
-        if size:
+        if not size:
+            self._eof()
+        elif into is None:
             self._data_received(loop.read_view[:size].tobytes())
         else:
-            self._eof()
+            self._protocol.received_into(size)
 
     def _eof(self) -> None:
         self._reading = False
@@ -493,6 +504,7 @@ class Transport:
         if self._lost:
             return
         self._lost = True
+        self._into = None
         self._want(0)
         self._sock.close()
         self._loop.call_soon(self._connection_lost, exc)

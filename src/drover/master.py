@@ -502,6 +502,7 @@ class Master:
             log.info("the new master (pid %d) is ready; retiring this one (pid %d)",
                      successor.pid, os.getpid())
             self.handed_over = True
+            self.notifier.stop_watchdog()  # WATCHDOG_PID is the new master's now
             if not self.stopping:
                 self._begin_stop(signal.SIGHUP)  # as a reload: idle keep-alives drain
             return

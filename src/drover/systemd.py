@@ -80,6 +80,10 @@ class Notifier:
                 self.address = "\0" + self.address[1:]
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.sock.set_inheritable(False)
+            # Never wait for systemd: a datagram to a full queue would stall the master's loop
+            # (reaping, signals, the watchdog itself). A notification that finds no room is
+            # dropped, as send() drops any error.
+            self.sock.setblocking(False)
             usec = environ.get("WATCHDOG_USEC", "")
             watchdog_pid = environ.get("WATCHDOG_PID", "")
             if usec.isdigit() and int(usec) > 0 and watchdog_pid in ("", str(os.getpid())):
@@ -119,6 +123,10 @@ class Notifier:
         if self.watchdog_interval and now >= self.next_watchdog:
             self.next_watchdog = now + self.watchdog_interval
             self.send("WATCHDOG=1")
+
+    def stop_watchdog(self) -> None:
+        """The watchdog is another process's now (the master a USR2 started took over)."""
+        self.watchdog_interval = 0.0
 
     def close(self) -> None:
         if self.sock is not None:

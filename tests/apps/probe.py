@@ -167,10 +167,18 @@ def echo_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]
     """Echoes the request body with the request's Content-Type.
 
     Query: ``read=`` (see ``read_body``); ``stream=1`` echoes piece by piece as it reads,
-    without Content-Length.
+    without Content-Length; ``digest=1`` answers only the body's X-Body-Sha256.
     """
     q = query(environ)
     content_type = environ.get("CONTENT_TYPE") or "application/octet-stream"
+    if q.get("digest") == "1":  # only the body's SHA-256, read in chunks (no copy kept)
+        digest = hashlib.sha256()
+        stream = environ["wsgi.input"]
+        for block in iter(lambda: stream.read(CHUNK), b""):
+            digest.update(block)
+        start_response("200 OK", [("Content-Length", "0"),
+                                  ("X-Body-Sha256", digest.hexdigest())])
+        return [b""]
     if q.get("stream") == "1":
         stream = environ["wsgi.input"]
         start_response("200 OK", [("Content-Type", content_type)])

@@ -118,6 +118,21 @@ def served(server: Server) -> bool:
 # -- keep-alive and connection management ----------------------------------------------------------
 
 
+def test_a_method_unknown_to_llhttp_reaches_the_app_with_its_body(environ_server: Server
+                                                                   ) -> None:
+    """RFC 9110 section 9.1: the app decides what an extension method means."""
+    with environ_server.connect() as sock:
+        sock.sendall(http("BREW /pot HTTP/1.1", HOST, "Content-Length: 3", body=b"tea")
+                     + http("get /lower HTTP/1.1", HOST, "Transfer-Encoding: chunked",
+                            body=b"2 ; kind = green\r\nok\r\n0\r\n\r\n"))
+        first, second = read_responses(sock, 2)
+    assert first.status == second.status == 200
+    seen = json.loads(first.body)
+    assert seen["environ"]["REQUEST_METHOD"] == "BREW" and seen["body"]["length"] == 3
+    seen = json.loads(second.body)
+    assert seen["environ"]["REQUEST_METHOD"] == "get" and seen["body"]["length"] == 2
+
+
 def test_http11_connection_is_kept_alive_by_default(environ_server: Server) -> None:
     with environ_server.connect(5) as sock:
         for path in ("/one", "/two", "/three"):
@@ -330,7 +345,10 @@ REJECTIONS = [
     ("http20", http("GET / HTTP/2.0", HOST), 505),
     ("http09", http("GET / HTTP/0.9", HOST), 505),
     ("http12", http("GET / HTTP/1.2", HOST), 505),
-    ("unknown_method", http("BREW /pot HTTP/1.1", HOST), 400),
+    ("method_not_a_token", http("BR(EW /pot HTTP/1.1", HOST), 400),
+    ("asterisk_form_for_get", http("GET * HTTP/1.1", HOST), 400),
+    ("chunk_extension_space_in_name",
+     http(*POST, "Transfer-Encoding: chunked", body=b"1;a b\r\nx\r\n0\r\n\r\n"), 400),
     ("garbage", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + os.urandom(64), 400),
     ("expect_something_else", http(*POST, "Expect: something-else", "Content-Length: 1",
                                    body=b"x"), 417),

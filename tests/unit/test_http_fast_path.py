@@ -99,9 +99,10 @@ class Counting(HttpConnection):
         self.llhttp_messages += 1
         super().on_message_begin()
 
-    def on_message_complete(self) -> None:
+    def _message_complete(self, keep_alive: bool) -> None:
+        # Requests llhttp began complete here (a Content-Length body is counted without it).
         self.llhttp_requests += 1
-        super().on_message_complete()
+        super()._message_complete(keep_alive)
 
 
 def both_ways(data: bytes, limits: HttpLimits = DEFAULT_LIMITS) -> tuple[list[Seen], int, int]:

@@ -369,31 +369,57 @@ def test_options_that_change_what_the_site_does_stop_the_start(tmp_path: Path) -
     ini = f"{tmp_path}/uwsgi.ini"
     assert found == [
         f"{ini}:3: route is not supported: uWSGI's internal routing is not available: do it in "
-        "nginx or in the app ('route = REGEX donotlog:' becomes --log-exclude once issue #12 "
-        "adds it)",
+        "nginx or in the app ('route = REGEX donotlog:' is read as --log-exclude)",
         f"{ini}:4: hook-master-start is not supported: run the command from the start script "
         "or systemd (ExecStartPre=)",
         f"{ini}:5: https is not supported: terminate TLS in nginx (or another proxy) in front of "
         "Drover"]
 
 
-def test_pending_options_name_their_issue(tmp_path: Path) -> None:
-    from drover.config.uwsgi_names import ini_keys
+SURVEY = [
+    "master", "processes", "workers", "module", "chdir", "vacuum", "enable-threads", "socket",
+    "harakiri", "chmod-socket", "wsgi-file", "die-on-term", "buffer-size", "max-requests",
+    "threads", "http", "uid", "gid", "http-socket", "callable", "pidfile",
+    "single-interpreter", "static-map", "home", "virtualenv", "env", "plugins",
+    "thunder-lock", "lazy-apps", "need-app", "post-buffering", "memory-report",
+    "ignore-sigpipe", "ignore-write-errors", "disable-write-exception", "daemonize",
+    "disable-logging", "log-format", "http-timeout", "auto-procname", "chown-socket", "logto",
+    "reload-on-rss", "strict", "worker-reload-mercy", "log-5xx", "cheaper", "stats",
+    "hook-master-start", "route", "attach-daemon"
+]
 
-    keys = ini_keys()
-    text = "[uwsgi]\nstatic-map = /static=%d/static\nharakiri = 30\nlogto = /var/log/a.log\n"
-    if {"static-map", "harakiri", "log-file"} & set(keys):
-        pytest.skip("a pending setting exists now: update this test and docs/migrating.md")
-    ini = f"{tmp_path}/uwsgi.ini"
-    assert problems(tmp_path, text) == [
-        f"{ini}:2: static-map is pending (issue #13): serve the files from nginx (location + "
-        "alias) until --static-map exists"]
-    warned = notes(tmp_path, "[uwsgi]\nharakiri = 30\nlogto = /var/log/a.log\n")
-    assert warned == [
-        f"{ini}:2: harakiri is pending (issue #11): a stuck worker is killed after --timeout "
-        "seconds (default 30); starting without it",
-        f"{ini}:3: logto (Drover's --log-file) is pending (issue #12): Drover logs to stderr: "
-        "redirect it, or let systemd's journal keep it; starting without it"]
+
+def test_every_surveyed_uwsgi_option_has_an_answer_and_none_is_pending() -> None:
+    """The options real uwsgi.ini files use: each is a Drover setting, not needed, or not
+    supported with what to do instead; none is unknown or waiting for another change."""
+    from drover.config.uwsgi_names import describe
+
+    answers = {key: describe(key) for key in SURVEY}
+    assert not [key for key, text in answers.items() if text == "unknown"]
+    assert not [key for key, text in answers.items() if text.startswith("pending")]
+    for key in ("harakiri", "uid", "pidfile", "static-map", "stats", "log-format",
+                "reload-on-rss", "worker-reload-mercy", "chown-socket", "daemonize",
+                "log-5xx"):
+        assert answers[key] == f"`--{key}`", key
+    assert answers["logto"] == "`--logto`"  # Drover's --log-file, under uWSGI's name too
+
+
+def test_options_added_by_the_other_changes_are_read_from_the_file(tmp_path: Path) -> None:
+    read = config(tmp_path, "[uwsgi]\nharakiri = 30\nmax-requests-delta = 50\n"
+                            "reload-on-rss = 300\nstats = 127.0.0.1:9191\nstats-http = true\n"
+                            "logto = %dsite.log\nlog-5xx = true\nroute = ^/healthz$ donotlog:\n"
+                            "touch-chain-reload = %dreload.txt\nreq-logger = file:%da.log\n"
+                            "harakiri-verbose = true\n")
+    assert read.harakiri == 30 and read.max_requests_jitter == 50
+    assert read.reload_on_rss == 300
+    assert (read.stats, read.stats_http) == ("127.0.0.1:9191", True)
+    assert read.log_file == f"{tmp_path}/site.log" and read.log_5xx
+    assert read.log_exclude == ("^/healthz$",)
+    assert read.touch_reload == (f"{tmp_path}/reload.txt",)
+    assert read.access_log == f"{tmp_path}/a.log"
+    assert problems(tmp_path, "[uwsgi]\nreq-logger = syslog:drover\n") == [
+        f"{tmp_path}/uwsgi.ini:2: req-logger = syslog:drover: 'syslog:drover': only file:PATH "
+        "loggers are supported (use the journal or syslog through systemd for the others)"]
 
 
 def test_a_setting_added_to_the_table_is_an_ini_key_at_once(
@@ -437,9 +463,7 @@ def test_strict_mode_makes_a_typo_an_error_naming_its_line(tmp_path: Path) -> No
     assert f"{ini}:5: unknown option 'procesess' (did you mean processes?) (strict mode)" in found
     assert (f"{ini}:3: unknown option 'project' (strict mode; for a placeholder write "
             "set-placeholder = project=VALUE)") in found
-    if "harakiri" not in __import__("drover.config.uwsgi_names").config.uwsgi_names.ini_keys():
-        assert (f"{ini}:6: harakiri is pending (issue #11): a stuck worker is killed after "
-                "--timeout seconds (default 30) (strict mode)") in found
+    assert not any(":6:" in line for line in found)  # harakiri is a Drover setting
     strict_ok = config(tmp_path, "[uwsgi]\nstrict = true\nset-placeholder = project=site\n"
                                  "module = %(project).wsgi\nmaster = true\n")
     assert strict_ok.app == "site.wsgi"
@@ -565,10 +589,6 @@ def test_section_alone_on_the_command_line_names_no_file() -> None:
 def test_uid_and_gid_that_change_nothing_are_accepted(tmp_path: Path) -> None:
     import pwd
 
-    from drover.config.uwsgi_names import ini_keys
-
-    if "uid" in ini_keys():
-        pytest.skip("--uid exists now: its own tests cover it")
     user = pwd.getpwuid(os.getuid()).pw_name
     found = notes(tmp_path, f"[uwsgi]\nuid = {user}\ngid = {os.getgid()}\n")
     why = ("Drover already runs as that user or group" if os.getuid() == 0 else
@@ -579,14 +599,11 @@ def test_uid_and_gid_that_change_nothing_are_accepted(tmp_path: Path) -> None:
                      f"{ini}:3: gid = {os.getgid()} is not needed: {why}"]
 
 
-def test_uid_of_another_user_is_refused_when_started_as_root(tmp_path: Path) -> None:
-    from drover.config.uwsgi_names import ini_keys
-
-    if "uid" in ini_keys() or os.getuid() != 0:
-        pytest.skip("only root can drop privileges, and --uid does not exist yet")
-    assert problems(tmp_path, "[uwsgi]\nuid = nobody\n") == [
-        f"{tmp_path}/uwsgi.ini:2: uid is pending (issue #11): start Drover as that user "
-        "(systemd User=)"]
+def test_uid_of_another_user_is_drovers_uid_when_started_as_root(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("only root can drop privileges (uWSGI ignores uid otherwise, as Drover does)")
+    read = config(tmp_path, "[uwsgi]\nuid = nobody\ngid = nogroup\n")
+    assert (read.uid, read.gid) == ("nobody", "nogroup")
 
 
 def test_plugins_other_than_python_and_http_are_named(tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ def _sample(switch: bool, name: str) -> str:
                "static_map": "/static=/tmp", "static_index": "index.html",
                "static_expires": r"\.css$ 60", "static_expires_uri": "^/s/ 60", "env": "A=1",
                "stats": "127.0.0.1:9191", "log_exclude": "^/healthz$", "access_log": "-",
-               "log_format": "json", "log_maxsize": "10M"}
+               "log_format": "json", "log_maxsize": "10M",
+               "forwarded_allow_ips": "10.0.0.0/8,*"}
     if switch:
         return "true"
     if name in samples:

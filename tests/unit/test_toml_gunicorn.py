@@ -172,18 +172,18 @@ def test_gunicorn_conf_bad_value_names_the_line(tmp_path: Path) -> None:
         "critical) (Drover's --log-level)"]
 
 
-def test_gunicorn_conf_pending_settings_say_so(tmp_path: Path) -> None:
-    from drover.config.uwsgi_names import ini_keys
-
-    if {"pidfile", "max-requests-jitter"} & set(ini_keys()):
-        pytest.skip("a pending setting exists now: update this test and docs/migrating.md")
+def test_gunicorn_conf_settings_of_the_other_changes(tmp_path: Path) -> None:
     path = tmp_path / "gunicorn.conf.py"
-    path.write_text("max_requests_jitter = 50\npidfile = '/run/site.pid'\n")
-    assert problems(["-c", str(path)]) == [
-        f"{path}:2: pidfile is pending (issue #11): let systemd track the process, or write the "
-        "pid from the start script"]
-    path.write_text("max_requests_jitter = 50\n")
-    assert [message for _, message in load(["-c", str(path)], {}).notes] == []
+    path.write_text("max_requests_jitter = 50\npidfile = '/run/site.pid'\nuser = 'nobody'\n"
+                    "umask = 0o027\nforwarded_allow_ips = '10.0.0.1,10.0.0.2'\n"
+                    "proxy_protocol = True\nerrorlog = '/var/log/site.log'\n"
+                    "accesslog = '/var/log/access.log'\n")
+    config = load(["-c", str(path)], {}).config
+    assert config.max_requests_jitter == 50 and config.pidfile == "/run/site.pid"
+    assert config.uid == "nobody" and config.umask == 0o027
+    assert config.forwarded_allow_ips == ("10.0.0.1", "10.0.0.2") and config.proxy_protocol
+    assert config.log_file == "/var/log/site.log"
+    assert config.access_log == "/var/log/access.log"
 
 
 @pytest.mark.parametrize(("name", "content", "expected"), [

@@ -77,8 +77,7 @@ NAMES: dict[str, Name] = {
     "graceful_timeout": Name("graceful-timeout"),
     "keepalive": Name("keepalive-timeout"),
     "max_requests": Name("max-requests"),
-    "max_requests_jitter": Name("max-requests-jitter", missing=Missing(
-        "workers recycle after exactly --max-requests requests, together", 11, refuse=False)),
+    "max_requests_jitter": Name("max-requests-jitter"),
     "accesslog": Name("access-log", convert=_access_log),
     "errorlog": Name("log-file", convert=_error_log),
     "loglevel": Name("log-level"),
@@ -86,21 +85,16 @@ NAMES: dict[str, Name] = {
     "chdir": Name("chdir"),
     "raw_env": Name("env"),
     "pythonpath": Name("pythonpath", convert=_comma_list),
-    "pidfile": Name("pidfile", missing=Missing(
-        "let systemd track the process, or write the pid from the start script", 11)),
-    "user": Name("uid", missing=Missing("start Drover as that user (systemd User=)", 11)),
-    "group": Name("gid", missing=Missing("start Drover as that group (systemd Group=)", 11)),
-    "umask": Name("umask", convert=_octal, missing=Missing(
-        "set the umask before starting Drover (systemd UMask=)", 11)),
-    "forwarded_allow_ips": Name("forwarded-allow-ips", missing=Missing(
-        "REMOTE_ADDR is the proxy's address", 14, refuse=False)),
+    "pidfile": Name("pidfile"),
+    "user": Name("uid"),
+    "group": Name("gid"),
+    "umask": Name("umask", convert=_octal),
+    "forwarded_allow_ips": Name("forwarded-allow-ips", convert=_comma_list),
     "secure_scheme_headers": Name(missing=Missing(
-        "wsgi.url_scheme is the scheme of the connection to Drover until issue #14, which "
-        "trusts X-Forwarded-Proto from the --forwarded-allow-ips peers", refuse=False)),
-    "proxy_protocol": Name("proxy-protocol", missing=Missing(
-        "let nginx take the PROXY protocol and pass the request on", 14)),
-    "proxy_allow_ips": Name("forwarded-allow-ips", missing=Missing(
-        "let nginx take the PROXY protocol and pass the request on", 14)),
+        "Drover trusts X-Forwarded-Proto (and Forwarded) from the --forwarded-allow-ips peers",
+        refuse=False)),
+    "proxy_protocol": Name("proxy-protocol"),
+    "proxy_allow_ips": Name("forwarded-allow-ips", convert=_comma_list),
     "wsgi_app": Name("app"),
     "backlog": Name("backlog"),
     "proc_name": Name("proc-name"),
@@ -110,10 +104,9 @@ NAMES: dict[str, Name] = {
     "limit_request_field_size": Name("limit-request-field-size"),
     "worker_connections": Name("max-connections"),
     "daemon": Name(missing=Missing(
-        "run Drover in the foreground under systemd or supervisord (issue #11's "
-        "--daemonize takes the log file to write)")),
-    "reload": Name("reload", missing=Missing(
-        "restart Drover (or send it SIGHUP) after changing the code", 11, refuse=False)),
+        "use --daemonize LOGFILE (it takes the log file to write), or run Drover in the "
+        "foreground under systemd")),
+    "reload": Name("reload"),
     "worker_class": Name(not_needed="Drover's workers are threaded event loops (sync and "
                                     "gthread apps run unchanged)"),
     "worker_tmp_dir": Name(not_needed="Drover's workers report to the master over a pipe"),
@@ -127,11 +120,11 @@ NAMES: dict[str, Name] = {
     "ssl_version": Name(missing=_TLS),
     "cert_reqs": Name(missing=_TLS),
     "statsd_host": Name(missing=Missing(
-        "Drover's stats server and Prometheus metrics (issue #12) are read, not pushed",
+        "Drover's stats server and Prometheus metrics (--stats) are read, not pushed",
         refuse=False)),
     "access_log_format": Name(missing=Missing(
-        "Gunicorn's %(h)s atoms are not uWSGI's variables, which --log-format (issue #12) "
-        "takes: rewrite the format", refuse=False)),
+        "Gunicorn's %(h)s atoms are not uWSGI's variables, which --log-format takes: "
+        "rewrite the format (docs/access-log.md)", refuse=False)),
     "logconfig": Name(missing=Missing("Drover logs to stderr", refuse=False)),
     "logconfig_dict": Name(missing=Missing("Drover logs to stderr", refuse=False)),
     "logger_class": Name(missing=Missing("Drover logs to stderr", refuse=False)),

@@ -159,6 +159,14 @@ def parse_network(text: str) -> str:
     return text.strip()
 
 
+def parse_forwarded_ip(text: str) -> str:
+    """Addresses, networks (CIDR) or ``*`` (every peer), separated by commas."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ValueError(f"{text!r} names no address or network")
+    return ",".join("*" if part == "*" else parse_network(part) for part in parts)
+
+
 def parse_mount(text: str) -> str:
     prefix, sep, app = text.partition("=")
     prefix = prefix.strip()
@@ -343,6 +351,19 @@ class Config:
         "Peer addresses or networks (CIDR) allowed to speak uwsgi over TCP. Default: loopback "
         "only. Unix sockets are governed by --chmod-socket. Repeat for several.",
         parse_network, flags=("--uwsgi-allow-from",), metavar="NET", multi=True)
+    forwarded_allow_ips: tuple[str, ...] = setting(
+        (), SOCKETS,
+        "Peers (addresses, CIDR networks, or * for all) whose X-Forwarded-For, -Proto, -Host, "
+        "-Port and Forwarded fields (and PROXY protocol headers) are believed: REMOTE_ADDR, "
+        "wsgi.url_scheme, HTTP_HOST, SERVER_NAME and SERVER_PORT then follow them. Default: "
+        "loopback. Unix socket peers are always trusted. Repeat or separate with commas.",
+        parse_forwarded_ip, flags=("--forwarded-allow-ips",), metavar="NET", multi=True)
+    proxy_protocol: bool = setting(
+        False, SOCKETS,
+        "Read a PROXY protocol header (v1 or v2, as HAProxy and TCP load balancers send) at the "
+        "start of each HTTP connection from a --forwarded-allow-ips peer (required from them); "
+        "one from any other peer closes the connection.",
+        parse_bool, flags=("--proxy-protocol",), switch=True)
     chmod_socket: int | None = setting(
         None, SOCKETS, "File mode of unix sockets Drover creates, in octal (e.g. 660).",
         parse_octal_mode, flags=("--chmod-socket",), metavar="MODE")
@@ -512,10 +533,29 @@ class Config:
         "0: no limit.",
         parse_size, flags=("--limit-request-body",), metavar="SIZE")
     body_buffer_size: int = setting(
-        1024**2, HTTP,
-        "Request bodies up to this size are kept in memory; larger ones spill to a temporary "
-        "file.",
+        16 * 1024**2, HTTP,
+        "Request bodies of a declared length up to this size are kept in memory (while "
+        "--body-memory-limit allows); larger ones go to a temporary file. Chunked bodies stay "
+        "in memory up to 1 MiB (or this size if smaller).",
         parse_size, flags=("--body-buffer-size",), metavar="SIZE")
+    body_memory_limit: int = setting(
+        48 * 1024**2, HTTP,
+        "Most bytes of request bodies one worker keeps in memory at once; a body that would go "
+        "past it goes to a temporary file. 0: no limit.",
+        parse_size, flags=("--body-memory-limit",), metavar="SIZE")
+    body_min_rate: int = setting(
+        1024, HTTP,
+        "A request body must arrive at this many bytes per second at least, measured over "
+        "each --body-rate-window; slower: 408 and close. 0: only --io-timeout applies.",
+        parse_size, flags=("--body-min-rate",), metavar="BYTES")
+    body_rate_window: float = setting(
+        10.0, HTTP, "The period over which --body-min-rate is measured (the first one is the "
+        "grace period of a body).",
+        parse_seconds, flags=("--body-rate-window",), metavar="SECONDS")
+    body_timeout: float = setting(
+        600.0, HTTP, "A request body must be whole within this time of its first byte; "
+        "else 408 and close. 0: no limit.",
+        parse_seconds, flags=("--body-timeout",), metavar="SECONDS")
     buffer_size: int = setting(
         4096, HTTP, "Largest block of uwsgi request vars, in bytes (like uWSGI's buffer-size).",
         positive_int, flags=("--buffer-size",), metavar="BYTES")

@@ -85,6 +85,15 @@ def _nonzero(value: str) -> str:
     return "true" if value.strip() not in ("", "0") else "false"
 
 
+def _logger_file(value: str) -> str:
+    """``req-logger = file:PATH`` / ``logger = file:PATH``: Drover's loggers are files."""
+    kind, _, path = value.strip().partition(":")
+    if kind != "file" or not path:
+        raise ValueError(f"{value!r}: only file:PATH loggers are supported (use the journal "
+                         "or syslog through systemd for the others)")
+    return path
+
+
 ALIASES: dict[str, Alias] = {
     "processes": Alias("workers"),
     "socket": Alias("uwsgi", _address),
@@ -103,27 +112,16 @@ ALIASES: dict[str, Alias] = {
     "limit-post": Alias("limit-request-body"),
     "procname-prefix": Alias("proc-name", str.strip),
     "procname-prefix-spaced": Alias("proc-name", str.strip),
-    "max-requests-delta": Alias("max-requests-jitter", missing=Missing(
-        "workers recycle after exactly --max-requests requests, together", 11, refuse=False)),
-    "reload-mercy": Alias("worker-reload-mercy", missing=Missing(
-        "a recycled worker gets --graceful-timeout to finish", 11, refuse=False)),
-    "py-autoreload": Alias("reload", _nonzero, missing=Missing(
-        "restart Drover (or send it SIGHUP) after changing the code", 11, refuse=False)),
-    "pidfile2": Alias("pidfile", missing=Missing(
-        "let systemd track the process, or write the pid from the start script", 11)),
-    "safe-pidfile": Alias("pidfile", missing=Missing(
-        "let systemd track the process, or write the pid from the start script", 11)),
-    "daemonize2": Alias("daemonize", missing=Missing(
-        "run Drover in the foreground under systemd or supervisord", 11)),
-    "logto": Alias("log-file", missing=Missing(
-        "Drover logs to stderr: redirect it, or let systemd's journal keep it", 12,
-        refuse=False)),
-    "logto2": Alias("log-file", missing=Missing(
-        "Drover logs to stderr: redirect it, or let systemd's journal keep it", 12,
-        refuse=False)),
-    "logformat": Alias("log-format", missing=Missing(
-        "access log lines have Drover's fixed format until --log-format exists", 12,
-        refuse=False)),
+    "max-requests-delta": Alias("max-requests-jitter"),
+    "reload-mercy": Alias("worker-reload-mercy"),
+    "py-autoreload": Alias("reload", _nonzero),
+    "pidfile2": Alias("pidfile"),
+    "safe-pidfile": Alias("pidfile"),
+    "daemonize2": Alias("daemonize"),
+    "logto2": Alias("log-file"),
+    "touch-chain-reload": Alias("touch-reload"),
+    "req-logger": Alias("access-log", _logger_file),
+    "logger": Alias("log-file", _logger_file),
 }
 
 NOT_NEEDED: dict[str, str] = {
@@ -153,45 +151,16 @@ NOT_NEEDED: dict[str, str] = {
     "reaper": "Drover's master reaps its children",
     "show-config": "use drover --print-config",
     "cache-expire-freq": "Drover has no cache",
+    "harakiri-verbose": "Drover's harakiri always logs the request and where it is stuck",
 }
 
-_STATIC = "serve the files from nginx (location + alias) until --static-map exists"
 _ROUTE = ("uWSGI's internal routing is not available: do it in nginx or in the app "
-          "('route = REGEX donotlog:' becomes --log-exclude once issue #12 adds it)")
+          "('route = REGEX donotlog:' is read as --log-exclude)")
 
 MISSING: dict[str, Missing] = {
-    # pending: other issues add these settings under the same name
-    "harakiri": Missing("a stuck worker is killed after --timeout seconds (default 30)", 11,
-                        refuse=False),
-    "harakiri-verbose": Missing("see harakiri", 11, refuse=False),
-    "reload-on-rss": Missing("use --max-requests to recycle workers, or systemd's MemoryMax",
-                             11, refuse=False),
-    "max-worker-lifetime": Missing("use --max-requests to recycle workers", 11, refuse=False),
-    "worker-reload-mercy": Missing("a recycled worker gets --graceful-timeout to finish", 11,
+    "log-x-forwarded-for": Missing("list the proxy in --forwarded-allow-ips: REMOTE_ADDR, and "
+                                   "so %(addr) in the access log, is then the client's",
                                    refuse=False),
-    "touch-reload": Missing("send SIGHUP to the master after a deploy (systemctl reload)", 11),
-    "touch-chain-reload": Missing("send SIGHUP to the master after a deploy", 11),
-    "uid": Missing("start Drover as that user (systemd User=)", 11),
-    "gid": Missing("start Drover as that group (systemd Group=)", 11),
-    "umask": Missing("set the umask before starting Drover (systemd UMask=)", 11),
-    "chown-socket": Missing("use --chmod-socket, or a directory nginx's user can reach", 11),
-    "pidfile": Missing("let systemd track the process, or write the pid from the start "
-                       "script", 11),
-    "daemonize": Missing("run Drover in the foreground under systemd or supervisord", 11),
-    "stats": Missing("uwsgitop and the exporters have nothing to read until then", 12,
-                     refuse=False),
-    "stats-http": Missing("see stats", 12, refuse=False),
-    "log-format": Missing("access log lines have Drover's fixed format until --log-format "
-                          "exists", 12, refuse=False),
-    "log-4xx": Missing("use --access-log to log every request", 12, refuse=False),
-    "log-5xx": Missing("use --access-log to log every request", 12, refuse=False),
-    "log-slow": Missing("use --access-log to log every request", 12, refuse=False),
-    "log-maxsize": Missing("rotate with logrotate (copytruncate) or the journal", 12,
-                           refuse=False),
-    "log-x-forwarded-for": Missing("the client address behind a proxy arrives with "
-                                   "issue #14 (--forwarded-allow-ips)", 14, refuse=False),
-    "req-logger": Missing("use --access-log", 12, refuse=False),
-    "logger": Missing("Drover logs to stderr", 12, refuse=False),
     "static-map2": Missing("map the directory with static-map (the URL prefix is kept in the "
                            "file's path: static-map = /p=DIR/p)"),
     "static-safe": Missing("Drover serves nothing outside a mapped directory; link the files "
@@ -358,6 +327,11 @@ def translate(options: list[IniOption], strict: bool, referenced: set[str],
                 assert alias.missing is not None, key
                 not_here(option, alias.missing, alias.target)
             continue
+        if key in ("uid", "gid"):
+            why = privilege_noop(key, option.value, uwsgi=True)
+            if why:
+                report.debug(f"{option.origin}: {key} = {option.value} is not needed: {why}")
+                continue
         if key in keys:
             set_value(keys[key], option, None)
             continue
@@ -366,11 +340,6 @@ def translate(options: list[IniOption], strict: bool, referenced: set[str],
             if key in ("plugins", "plugin"):
                 _check_plugins(option, report)
             continue
-        if key in ("uid", "gid") and key not in keys:
-            why = privilege_noop(key, option.value, uwsgi=True)
-            if why:
-                report.debug(f"{option.origin}: {key} = {option.value} is not needed: {why}")
-                continue
         if key in ("check-static", "static-check") and "static-map" in keys:
             # A document root: any file under it is served, the rest goes to the app.
             raws.append(Raw(keys["static-map"], f"/={option.value.strip()}", option.origin,

@@ -22,15 +22,28 @@ it this module enforces what llhttp allows:
 - Limits: request line (414), header count, field size and header block (431), body (413).
 - Expect other than 100-continue: 417 (RFC 9110 section 10.1.1).
 - Trailer fields are never merged into the environ (RFC 9110 section 6.5.1).
-- A method llhttp does not know: 400. It rejects them before any callback and httptools gives
-  no error offset, so an unknown method cannot be told from garbage the same way whatever the
-  TCP segmentation; one status regardless of how the bytes arrive.
+- A method llhttp does not know but that is a token (RFC 9110 section 9.1) reaches the app:
+  llhttp parses the request with POST in its place (a request's framing does not depend on its
+  method) and the method is restored. What is not a token: 400.
+- The asterisk form (``*``) is only for OPTIONS (section 3.2.4): 400 otherwise.
+- Chunk extensions may have whitespace around ``;`` and ``=`` (section 7.1.1), which llhttp
+  refuses: ``Dechunker`` removes it from the chunk-size lines on their way to llhttp.
 - Upgrade and CONNECT: llhttp stops after the head. Upgrade requests are served as plain ones
   (their body read here) and the connection then closes; CONNECT is 501.
 - Header names containing ``_`` are dropped: they would collide with ``-`` once mapped to CGI
   names, so a client could forge a header a proxy set (e.g. X-Forwarded-For as X_Forwarded_For).
 - Repeated fields are joined with ", " (RFC 9110 section 5.3), Cookie with "; " (RFC 6265
   section 5.4).
+
+Heads, bodies and llhttp
+------------------------
+llhttp is given one head at a time, never the bytes after its empty line. A Content-Length
+body is counted, not parsed: its bytes go to the body as they come, or are received in place by
+the worker (``body_target``/``body_received``: recv_into the memory that holds the body), and
+llhttp is replaced by a fresh parser for the next request. A chunked body goes to llhttp
+through ``Dechunker``. What follows a message starts again at ``receive_data``. Since a head is
+fed alone, the bytes it is charged with (the bound on what httptools buffers for an unfinished
+field line) are its own whatever the split.
 
 The fast path
 -------------
@@ -52,6 +65,7 @@ parser with the fast path and to one without it and requires the same events.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +73,7 @@ from typing import Any
 
 import httptools
 
-from drover.body import EMPTY_INPUT, BodyBuffer
+from drover.body import EMPTY_INPUT, BodyBuffer, BodyPool, SizedBody
 from drover.protocols.request import ContinueRequest, ProtocolError, Request
 
 
@@ -73,6 +87,9 @@ class HttpLimits:
     header_block: int = 65536
     body: int = 0  # 0: unlimited
     spill: int = 1024 * 1024  # bodies above this go to a temporary file
+    # Where bodies are kept: the worker's shared BodyPool (its memory limit); None: a pool of
+    # the parser's own, without a limit (tests).
+    bodies: BodyPool | None = None
 
 
 Event = Request | ContinueRequest | ProtocolError
@@ -227,13 +244,103 @@ def _fast_field(line: bytes) -> tuple[str, str] | None:
     return field
 
 
+# The methods llhttp parses (its HTTP ones, and PRI, which it refuses as an HTTP/2 preface);
+# every other token is parsed as POST and restored (HttpConnection._method_for_llhttp).
+_LLHTTP_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY PRI".split())
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+# chunk = chunk-size [ chunk-ext ] CRLF (RFC 9112 section 7.1), with
+# chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ) (section 7.1.1),
+# chunk-ext-val = token / quoted-string (RFC 9110 section 5.6.4).
+_TOKEN_RE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED_RE = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_EXTENSION = re.compile(rb"[ \t]*;[ \t]*(" + _TOKEN_RE + rb")(?:[ \t]*=[ \t]*(" + _TOKEN_RE
+                        + rb"|" + _QUOTED_RE + rb"))?")
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:" + _EXTENSION.pattern + rb")*)\r\n")
+
+
+class Dechunker:
+    """Finds the chunk-size lines of a chunked body on its way to llhttp, and removes the
+    whitespace RFC 9112 allows around ``;`` and ``=`` in chunk extensions (``5 ; a = b``),
+    which llhttp refuses. Nothing else changes: llhttp still parses every byte, so it stays
+    the judge of the framing. A line outside the grammar above (or longer than
+    ``max_line``) is passed on unchanged and tracking stops: llhttp refuses it, or parses
+    the rest of the message itself.
+
+    ``feed`` returns the bytes for llhttp and, once the message has ended (after the last
+    chunk and the trailer section), where it ended."""
+
+    __slots__ = ("_line", "_left", "_max_line", "_tail", "_trailers")
+
+    def __init__(self, max_line: int) -> None:
+        self._line = b""  # the start of a chunk-size line
+        self._left = 0  # chunk data and its CRLF still to pass
+        self._max_line = max_line
+        self._trailers = False  # after the last chunk
+        self._tail = b"\r\n"  # the end of what passed, to find the end of the trailers
+
+    def feed(self, data: bytes, pos: int) -> tuple[bytes, int]:
+        """``data`` from ``pos``: the bytes for llhttp, and where the message ended in
+        ``data`` (-1: not yet)."""
+        out: list[bytes] = []
+        size = len(data)
+        while pos < size:
+            if self._trailers:
+                probe = self._tail + data[pos:]
+                found = probe.find(b"\r\n\r\n")
+                if found < 0:
+                    self._tail = probe[-3:]
+                    out.append(data[pos:])
+                    break
+                end = pos + found + 4 - len(self._tail)
+                out.append(data[pos:end])
+                return b"".join(out), end
+            if self._left:
+                take = min(self._left, size - pos)
+                out.append(data[pos:pos + take])
+                self._left -= take
+                pos += take
+                continue
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._line += data[pos:]
+                if len(self._line) > self._max_line:
+                    out.append(self._line)
+                    return b"".join(out), size  # not ours to judge (see the class docstring)
+                break
+            line = self._line + data[pos:newline + 1]
+            self._line = b""
+            pos = newline + 1
+            match = _CHUNK_LINE.fullmatch(line)
+            if match is None:
+                out.append(line)
+                out.append(data[pos:])
+                return b"".join(out), size
+            digits, extensions = match.group(1), match.group(2)
+            if extensions:
+                line = digits + b"".join(
+                    b";" + ext.group(1) + (b"=" + ext.group(2) if ext.group(2) else b"")
+                    for ext in _EXTENSION.finditer(extensions)) + b"\r\n"
+            out.append(line)
+            chunk_size = int(digits, 16)
+            if chunk_size:
+                self._left = chunk_size + 2
+            else:
+                self._trailers = True
+        return b"".join(out), -1
+
+
 class HttpConnection:
     """The HTTP/1.1 parser state of one client connection. Runs on a worker's loop thread."""
 
     __slots__ = ("seed", "_declared", "_head_chunks", "_upgrade_body", "_upgrade_left",
                  "_upgrade_request", "_body", "_environ", "_limits", "_parser", "_url", "broken",
                  "events", "head_bytes", "in_head", "in_message", "_fields", "_fast_max",
-                 "_fast_lines", "_ended")
+                 "_fast_lines", "_ended", "_pool", "_raw_left", "_raw_keep_alive",
+                 "_dechunker", "_head_tail", "_method", "_method_held")
 
     def __init__(self, limits: HttpLimits, fast_path: bool = True) -> None:
         """``fast_path``: False sends every byte through llhttp (the tests compare the two)."""
@@ -256,7 +363,15 @@ class HttpConnection:
         # Each request's environ starts as a copy of this: the constant variables the worker
         # sets for the connection (addresses, wsgi.*). Opaque to the parser.
         self.seed: dict[str, Any] = {}
-        self._body: BodyBuffer | None = None
+        self._body: BodyBuffer | SizedBody | None = None
+        self._pool = limits.bodies if limits.bodies is not None else BodyPool(limits.spill)
+        # A Content-Length body still to come, received without llhttp (see _begin_raw).
+        self._raw_left = 0
+        self._raw_keep_alive = False
+        self._dechunker: Dechunker | None = None  # a chunked body is being received
+        self._head_tail = b""  # the last bytes of the head so far (see _head_end)
+        self._method: str | None = None  # a method llhttp does not know, parsed as POST
+        self._method_held = b""  # the start of a request whose method is not whole yet
         self._declared = 0  # body length the head declared; -1: chunked
         self._head_chunks = 0
         self._upgrade_left = 0
@@ -343,45 +458,184 @@ class HttpConnection:
         self._receive(b"\r\n".join(lines[start:]) if start else data)
 
     def _receive(self, data: bytes) -> None:
-        """Everything the fast path does not take: llhttp, and the states after an error."""
-        if self.broken:
-            if self._upgrade_left:
-                self._receive_upgrade_body(data)
-            elif self._ended:
-                self._after_end((data,))
-            return
-        was_in_head = self.in_head
+        """Everything the fast path does not take: llhttp, and the states after an error.
+
+        llhttp is given one head at a time (up to and including its empty line), never the
+        body after it: a Content-Length body is then taken without a parser (``_begin_raw``),
+        a chunked one goes through ``Dechunker`` first. One pass over ``data`` by offsets: a
+        read of many pipelined requests is never copied once per request."""
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._raw_left:
+                take = min(self._raw_left, size - pos)
+                body = self._body
+                assert body is not None
+                body.write(data if take == size else memoryview(data)[pos:pos + take])
+                pos += take
+                self._raw_left -= take
+                if not self._raw_left:
+                    self._complete_raw()
+                continue
+            dechunker = self._dechunker
+            if dechunker is not None:
+                out, end = dechunker.feed(data, pos)
+                if end >= 0:
+                    self._dechunker = None
+                if out and not self._feed_llhttp(out):
+                    return
+                if end < 0:
+                    return
+                pos = end
+                continue
+            if self.broken:
+                rest = data[pos:] if pos else data
+                if self._upgrade_left:
+                    self._receive_upgrade_body(rest)
+                elif self._ended:
+                    self._after_end((rest,))
+                return
+            end = self._head_end(data, pos)
+            stop = size if end < 0 else end
+            head = data[pos:stop] if pos or stop != size else data
+            pos = stop
+            if not self.in_head:
+                head = self._method_for_llhttp(head)
+                if not head:
+                    return  # the method is not whole yet (held), or refused
+            if not self._feed_llhttp(head):
+                continue  # broken now: what follows is an Upgrade's body, or ignored
+            if self.in_head:
+                # Inside a head after all its bytes so far: httptools buffers an unfinished
+                # field line itself, so bound what it may hold (fields are counted exactly in
+                # on_header). Only this head's bytes were fed, so the count never depends on
+                # how the bytes were split.
+                self._head_chunks += len(head)
+                if self._head_chunks > self._limits.header_block + self._limits.request_line:
+                    self._fail(ProtocolError(431, "Request header block too large")
+                               if self._url else ProtocolError(414, "Request line too long"))
+                    return
+            elif self.in_message:  # the head is complete and a body follows
+                if self._declared > 0:
+                    self._begin_raw()
+                else:
+                    self._dechunker = Dechunker(self._limits.field_size)
+
+    def _feed_llhttp(self, data: bytes) -> bool:
+        """llhttp parses ``data``; False when that ended the connection's parsing."""
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgrade_requested(data, exc.args[0] if exc.args else len(data))
-            return
+            return False
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ProtocolError):
                 self._fail(cause)
-                return
+                return False
             raise
         except httptools.HttpParserInvalidMethodError:
-            # llhttp knows every registered method; the rest cannot be told from garbage
-            # reliably whatever the chunking, so one answer for both.
-            self._fail(ProtocolError(400, "Invalid or unsupported method"))
-            return
+            # Only what is not a token gets here (see _method_for_llhttp).
+            self._fail(ProtocolError(400, "Invalid method"))
+            return False
         except httptools.HttpParserInvalidURLError:
             self._fail(ProtocolError(400, "Invalid request target"))
-            return
+            return False
         except httptools.HttpParserError as exc:
             reason = str(exc) or "Malformed request"
             status = 505 if "HTTP version" in reason else 400
             self._fail(ProtocolError(status, reason))
-            return
-        if was_in_head and self.in_head:
-            # Still inside one head after a whole chunk: httptools buffers an unfinished field
-            # line itself, so bound what it may hold (fields are counted in on_header).
-            self._head_chunks += len(data)
-            if self._head_chunks > self._limits.header_block + self._limits.request_line:
-                self._fail(ProtocolError(431, "Request header block too large")
-                           if self._url else ProtocolError(414, "Request line too long"))
+            return False
+        return True
+
+    def _head_end(self, data: bytes, pos: int) -> int:
+        """Where the head being received ends in ``data`` (after its empty line), searching
+        from ``pos``, or -1; its CR LF CR LF may have begun in the bytes fed before."""
+        if pos == 0 and self.in_head and self._head_tail:
+            joined = self._head_tail + data[:3]
+            found = joined.find(b"\r\n\r\n")
+            if found >= 0:
+                return found + 4 - len(self._head_tail)
+        found = data.find(b"\r\n\r\n", pos)
+        if found >= 0:
+            return found + 4
+        self._head_tail = (self._head_tail + data[pos:])[-3:] if len(data) - pos < 3 \
+            else data[-3:]
+        return -1
+
+    def _method_for_llhttp(self, data: bytes) -> bytes:
+        """At the start of a request: llhttp refuses methods it does not know, but any token
+        is a method (RFC 9110 section 9.1) and the app decides what to answer. Such a method is
+        kept aside and llhttp parses the request with POST in its place (the framing of a
+        request does not depend on its method), restored in on_headers_complete. The method
+        is held until its space arrives, so the answer does not depend on the split."""
+        if self._method_held:
+            data = self._method_held + data
+            self._method_held = b""
+        else:
+            space = data.find(b" ", 0, 16)
+            if space > 0 and data[:space] in _LLHTTP_METHODS:
+                return data  # the usual case
+        start = len(data) - len(data.lstrip(b"\r\n"))
+        space = data.find(b" ", start)
+        token = data[start:] if space < 0 else data[start:space]
+        if not token or token.translate(None, _TCHAR):
+            return data  # nothing yet, or not a token: llhttp refuses it
+        if space >= 0 and token in _LLHTTP_METHODS:
+            return data
+        if space < 0:
+            if len(token) > self._limits.request_line:
+                self._fail(ProtocolError(414, "Request line too long"))
+                return b""
+            self._method_held = data
+            self.in_message = True  # for the timeouts, and an EOF now is an incomplete request
+            return b""
+        self._method = token.decode("ascii")
+        return data[:start] + b"POST" + data[space:]
+
+    # -- Content-Length bodies --------------------------------------------------------------
+
+    def _begin_raw(self) -> None:
+        """llhttp parsed a head with Content-Length (and was given nothing after it). A
+        counted body needs no parser: its bytes are taken as they come (or received in place,
+        see ``body_target``) and llhttp, which still expects them, is replaced by a fresh
+        parser for the next request. Whether the connection stays open was decided by the
+        head, so it is asked now."""
+        body = self._body
+        assert body is not None
+        self._raw_left = self._declared - body.size
+        self._raw_keep_alive = self._parser.should_keep_alive()
+        self._parser = httptools.HttpRequestParser(self)
+
+    def body_target(self) -> memoryview | None:
+        """Where the rest of a large Content-Length body may be received in place (with
+        ``recv_into``), or None: the worker then passes bytes to ``receive_data``."""
+        body = self._body
+        if self._raw_left and type(body) is SizedBody and body.placed:
+            return body.into()
+        return None
+
+    def body_waiting(self) -> bool:
+        """A Content-Length body waits for room in the worker's memory (see drover.body)."""
+        body = self._body
+        return bool(self._raw_left) and type(body) is SizedBody and not body.placed
+
+    def place_body(self, force: bool) -> bool:
+        """Try again to give a waiting body memory (with ``force``: a file); True if done."""
+        body = self._body
+        return type(body) is not SizedBody or body.place(force)
+
+    def body_received(self, count: int) -> None:
+        """``count`` bytes were received at the start of ``body_target()``."""
+        body = self._body
+        assert type(body) is SizedBody and 0 < count <= self._raw_left
+        body.filled(count)
+        self._raw_left -= count
+        if not self._raw_left:
+            self._complete_raw()
+
+    def _complete_raw(self) -> None:
+        """The last byte of a Content-Length body: what on_message_complete does for llhttp."""
+        self._message_complete(self._raw_keep_alive)
 
     # -- Upgrade and CONNECT ----------------------------------------------------------------
 
@@ -406,7 +660,7 @@ class HttpConnection:
         request.body.close()
         self._upgrade_request = request
         self._upgrade_left = declared
-        self._upgrade_body = BodyBuffer(self._limits.spill)
+        self._upgrade_body = self._pool.chunked()
         self.in_message = True
         self._receive_upgrade_body(data[offset:])
 
@@ -432,6 +686,8 @@ class HttpConnection:
 
     def _fail(self, error: ProtocolError) -> None:
         self.broken = True
+        self._dechunker = None
+        self._method_held = b""
         self.in_message = self.in_head = False
         if self._body is not None:
             self._body.discard()
@@ -441,6 +697,10 @@ class HttpConnection:
     def release(self) -> None:
         """The connection is gone: drop the llhttp parser, which refers back to this object."""
         self.broken = True
+        self._raw_left = 0
+        if self._body is not None:
+            self._body.discard()
+            self._body = None
         self._parser = None  # type: ignore[assignment]
 
     def eof_received(self) -> None:
@@ -452,6 +712,7 @@ class HttpConnection:
             self.broken = False
             self._fail(ProtocolError(400, "Incomplete request"))
         elif self.in_message and not self.broken:
+            self._raw_left = 0
             self._fail(ProtocolError(400, "Incomplete request"))
 
     # -- httptools callbacks (called from inside feed_data) ----------------------------------
@@ -500,10 +761,14 @@ class HttpConnection:
         protocol = _PROTOCOLS.get(parser.get_http_version())
         if protocol is None:
             raise ProtocolError(505, "HTTP version not supported")
-        raw_method = parser.get_method()
-        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        if method == "CONNECT":
-            raise ProtocolError(501, "CONNECT is not supported")
+        method = self._method
+        if method is None:
+            raw_method = parser.get_method()
+            method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+            if method == "CONNECT":
+                raise ProtocolError(501, "CONNECT is not supported")
+        else:
+            self._method = None
         environ = self._environ
         host = environ.get("HTTP_HOST")
         if host is None:
@@ -512,6 +777,8 @@ class HttpConnection:
         elif "," in host:
             raise ProtocolError(400, "Multiple Host headers")
         target = self._url
+        if target == b"*" and method != "OPTIONS":
+            raise ProtocolError(400, "The asterisk form is only for OPTIONS")  # RFC 9112 3.2.4
         parsed = _TARGETS.get(target)
         if parsed is None:
             parsed = _parse_target(target)
@@ -555,7 +822,8 @@ class HttpConnection:
             if body_expected and protocol == "HTTP/1.1":
                 self.events.append(CONTINUE)
         if body_expected:
-            self._body = BodyBuffer(limits.spill)
+            declared = self._declared
+            self._body = self._pool.sized(declared) if declared > 0 else self._pool.chunked()
 
     def on_body(self, data: bytes) -> None:
         body = self._body
@@ -567,6 +835,9 @@ class HttpConnection:
         body.write(data)
 
     def on_message_complete(self) -> None:
+        self._message_complete(self._parser.should_keep_alive())
+
+    def _message_complete(self, keep_alive: bool) -> None:
         self.in_message = False
         environ = self._environ
         self._environ = _NO_ENVIRON  # the request owns it now; an idle connection holds none
@@ -577,9 +848,10 @@ class HttpConnection:
             stream = body.finish()
             environ["CONTENT_LENGTH"] = str(body.size)
             self._body = None
-        keep_alive = self._parser.should_keep_alive()
         if not keep_alive:
-            self._fast_max = 0  # llhttp refuses what follows: leave it all to llhttp
+            # The connection ends with this request: as llhttp does, refuse anything after it
+            # but empty lines (the worker closes before answering it).
+            self.broken = self._ended = True
         self.events.append(Request(
             environ, stream, keep_alive,
             environ["SERVER_PROTOCOL"] == "HTTP/1.1", environ["REQUEST_METHOD"] == "HEAD"))

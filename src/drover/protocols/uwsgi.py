@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from drover.body import EMPTY_INPUT, BodyBuffer
+from drover.body import EMPTY_INPUT, BodyBuffer, BodyPool, SizedBody
 from drover.protocols.http import Event, HttpLimits, decode_path, split_target
 from drover.protocols.request import ProtocolError, Request
 
@@ -116,8 +116,8 @@ def complete_environ(environ: dict[str, str]) -> None:
 class UwsgiConnection:
     """One uwsgi connection's parser state: one request, then the connection closes."""
 
-    __slots__ = ("_body", "_buffer", "_environ", "_left", "_limits", "_vars_limit", "broken",
-                 "events", "in_head", "in_message", "seed")
+    __slots__ = ("_body", "_buffer", "_environ", "_left", "_limits", "_pool", "_vars_limit",
+                 "broken", "events", "in_head", "in_message", "seed")
 
     def __init__(self, limits: HttpLimits, vars_limit: int) -> None:
         self._limits = limits
@@ -125,7 +125,8 @@ class UwsgiConnection:
         self._buffer = bytearray()
         self._environ: dict[str, str] | None = None
         self.seed: dict[str, Any] = {}  # the connection's constant environ (see http.py)
-        self._body: BodyBuffer | None = None
+        self._body: BodyBuffer | SizedBody | None = None
+        self._pool = limits.bodies if limits.bodies is not None else BodyPool(limits.spill)
         self._left = 0
         self.events: deque[Event] = deque()
         self.broken = False  # one request per connection: nothing after it is parsed
@@ -186,7 +187,7 @@ class UwsgiConnection:
         self._environ = environ
         self._left = length
         if length:
-            self._body = BodyBuffer(self._limits.spill)
+            self._body = self._pool.chunked() if length == UNTIL_EOF else self._pool.sized(length)
         return True
 
     def _receive_body(self, data: bytes) -> None:
@@ -205,6 +206,29 @@ class UwsgiConnection:
             data = data[:self._left]  # nothing may follow the body on a uwsgi connection
         body.write(data)
         self._left -= len(data)
+        if not self._left:
+            self._complete()
+
+    def body_target(self) -> memoryview | None:
+        """Where the rest of a large declared body may be received in place (see http.py)."""
+        body = self._body
+        if type(body) is SizedBody and body.placed and self._left > 0 and not self.broken:
+            return body.into()
+        return None
+
+    def body_waiting(self) -> bool:
+        body = self._body
+        return type(body) is SizedBody and not body.placed and self._left > 0
+
+    def place_body(self, force: bool) -> bool:
+        body = self._body
+        return type(body) is not SizedBody or body.place(force)
+
+    def body_received(self, count: int) -> None:
+        body = self._body
+        assert type(body) is SizedBody and 0 < count <= self._left
+        body.filled(count)
+        self._left -= count
         if not self._left:
             self._complete()
 
@@ -228,6 +252,9 @@ class UwsgiConnection:
     def release(self) -> None:
         """The connection is gone (nothing here refers back to it)."""
         self.broken = True
+        if self._body is not None:
+            self._body.discard()
+            self._body = None
 
     def eof_received(self) -> None:
         if self._left == UNTIL_EOF and self._body is not None and not self.broken:

@@ -12,6 +12,14 @@ from typing import TYPE_CHECKING, Any
 from drover.body import EMPTY_INPUT
 from drover.logs import log
 from drover.loop import Transport
+from drover.protocols.forwarded import (
+    FORWARDED_KEYS,
+    V1_PREFIX,
+    V2_SIGNATURE,
+    TrustedPeers,
+    apply_forwarded,
+    parse_proxy_header,
+)
 from drover.protocols.http import HttpConnection, error_response
 from drover.protocols.request import ContinueRequest, ProtocolError, Request
 from drover.protocols.uwsgi import UwsgiConnection
@@ -34,6 +42,7 @@ FLUSH_AFTER = 0.001  # seconds an answer may wait for its loop pass to end (Loop
 SLOW_REQUEST = 0.00025  # after a request that took longer, answers are not held (ditto)
 MAX_QUEUED_EVENTS = 32  # pipelined requests parsed ahead before reading pauses
 FEED_SLICE = 16 * 1024  # a larger read is parsed in slices of this size (Connection.feed)
+MEMORY_WAIT = 0.5  # seconds a body may wait for room in memory before it goes to a file
 
 NEVER = float("inf")
 _END = object()  # next()'s default: the app's iterable is exhausted
@@ -41,7 +50,8 @@ _monotonic = time.monotonic
 _Context = contextvars.Context
 
 # What a connection is waiting for, which decides its deadline.
-FRESH, IDLE, READING, WRITING = range(4)
+FRESH, IDLE, READING, WRITING, BODY = range(5)
+PROXY_EXPECTED, PROXY_REFUSED = 1, 2  # Connection.proxy_state
 
 
 class Connection:
@@ -70,6 +80,19 @@ class Connection:
     held = b""  # input not parsed yet because many requests were already waiting (feed)
     continuing = False  # its streamed response goes on after the loop's flush
     ctx: contextvars.Context  # the context the current request's app code runs in
+    # A request body being received (state BODY): when it began, bytes seen since, and at the
+    # last rate check (see body_deadline).
+    body_started = 0.0
+    body_seen = 0
+    body_mark = 0
+    drop_reason = ""
+    memory_wait = 0.0  # since when its body waits for memory (wait_for_memory)
+    # Behind a proxy (see drover.protocols.forwarded): the peers to believe when the
+    # connection's peer is one of them (None: its forwarding fields change nothing), and the
+    # PROXY protocol header expected (PROXY_EXPECTED) or refused (PROXY_REFUSED) first.
+    forwarded: TrustedPeers | None = None
+    proxy_state = 0
+    proxy_buffer = b""
 
     def __init__(self, loop_thread: LoopThread, environ: dict[str, Any]) -> None:
         self.lt = loop_thread
@@ -89,17 +112,86 @@ class Connection:
                                           self.peer)
         self.parser.seed = self.environ
         lt = self.lt
+        self.trust_peer()
         lt.connections.add(self)
         self.deadline = lt.clock() + lt.header_timeout
         if len(lt.connections) >= lt.max_connections:
             lt.pause_accepting()
 
+    def trust_peer(self) -> None:
+        """Once per connection: is the peer a proxy whose forwarding fields are believed?
+        Unix socket peers are local, hence trusted."""
+        peers = self.lt.worker.trusted_peers
+        peer = self.peer
+        trusted = not isinstance(peer, tuple) or peers.trusts(peer[0])
+        if self.lt.proxy_protocol:
+            self.proxy_state = PROXY_EXPECTED if trusted else PROXY_REFUSED
+        if trusted:
+            self.forwarded = peers
+
+    def proxy_input(self, data: bytes) -> bytes:
+        """The first bytes of a connection under --proxy-protocol: the header (from a trusted
+        peer, required) or its absence (from any other peer); what follows it, for HTTP."""
+        address = self.environ.get("REMOTE_ADDR", "?")
+        if self.proxy_state == PROXY_REFUSED:
+            self.proxy_state = 0
+            if data.startswith(V1_PREFIX) or data.startswith(V2_SIGNATURE[:len(data[:12])]):
+                log.warning("PROXY protocol header from %s, not in --forwarded-allow-ips: "
+                            "closing", address)
+                self.close()
+                return b""
+            return data
+        data = self.proxy_buffer + data
+        try:
+            header = parse_proxy_header(data)
+        except ProtocolError as error:
+            log.warning("closing connection from %s: %s", address, error.reason)
+            self.close()
+            return b""
+        if header is None:
+            self.proxy_buffer = data
+            return b""
+        self.proxy_state = 0
+        self.proxy_buffer = b""
+        if not header.local:
+            environ = self.environ
+            environ["REMOTE_ADDR"] = header.source
+            environ["REMOTE_PORT"] = str(header.source_port)
+            self.peer = (header.source, header.source_port)
+            # The forwarding fields are now those of the real client's requests.
+            peers = self.lt.worker.trusted_peers
+            self.forwarded = peers if peers.trusts(header.source) else None
+        return data[header.length:]
+
     def data_received(self, data: bytes) -> None:
+        if self.proxy_state:
+            data = self.proxy_input(data)
+            if not data:
+                return
         parser = self.parser
         if self.held or len(data) > FEED_SLICE:
             self.feed(self.held + data)
         else:
             parser.receive_data(data)
+        if self.state == BODY:
+            self.body_seen += len(data)
+        self.parsed()
+
+    def received_into(self, count: int) -> None:
+        """Bytes of a request body received in place (see ``read_body``)."""
+        parser = self.parser
+        parser.body_received(count)
+        self.body_seen += count
+        target = parser.body_target()
+        self.transport.receive_into(target)
+        if target is None:  # the body is complete
+            self.parsed()
+        elif not self.lt.body_min_rate:
+            self.body_progress()
+
+    def parsed(self) -> None:
+        """After input was parsed: serve what is complete, set the deadline of what is not."""
+        parser = self.parser
         if not self.busy:
             if parser.events:
                 if self.lt.take_turns:
@@ -108,15 +200,95 @@ class Connection:
                     self.process()  # also sets the keep-alive deadline when it idles
             if parser.in_message and not self.closed and not self.busy:
                 lt = self.lt
-                if not parser.in_head:  # receiving a body: progress extends the deadline
-                    self.state = READING
-                    self.deadline = lt.clock() + lt.io_timeout
+                if not parser.in_head:
+                    if self.state != BODY:
+                        self.begin_body()
+                    elif not lt.body_min_rate:
+                        self.body_progress()
                 elif self.state != READING:  # the whole head must come within the timeout
                     self.state = READING
                     self.deadline = lt.clock() + lt.header_timeout
         if (len(parser.events) >= MAX_QUEUED_EVENTS or self.held) and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
+        elif (parser.in_message and not parser.in_head and not self.held
+                and not self.closed):
+            target = parser.body_target()
+            if target is not None:
+                # The rest of a large Content-Length body goes straight from the socket into
+                # the memory (or the file's buffer) that holds it: no parser, no bytes objects.
+                self.transport.receive_into(target)
+            elif parser.body_waiting() and not self.memory_wait:
+                self.wait_for_memory()
+
+    def wait_for_memory(self) -> None:
+        """The worker's bodies fill --body-memory-limit: stop reading this body until one is
+        done (the pool wakes us), or for MEMORY_WAIT at most, then write it to a file. Slower
+        bodies than those in memory are rare; a file costs twice the CPU time of memory."""
+        lt = self.lt
+        self.memory_wait = lt.clock()
+        self.transport.pause_reading()
+        lt.worker.bodies.wait(lambda: lt.loop.call_soon_threadsafe(self.retry_memory))
+        lt.loop.call_later(MEMORY_WAIT, self.retry_memory)
+
+    def retry_memory(self) -> None:
+        """Woken by the pool, or MEMORY_WAIT passed (loop thread)."""
+        if not self.memory_wait or self.closed:
+            return
+        lt = self.lt
+        parser = self.parser
+        if not parser.place_body(force=lt.clock() - self.memory_wait >= MEMORY_WAIT):
+            lt.worker.bodies.wait(lambda: lt.loop.call_soon_threadsafe(self.retry_memory))
+            return
+        self.memory_wait = 0.0
+        if not self.reading_paused:
+            self.transport.resume_reading()
+        target = parser.body_target()
+        if target is not None:
+            self.transport.receive_into(target)
+
+    def begin_body(self) -> None:
+        """A request's body has begun: from now on it must arrive at --body-min-rate (checked
+        every --body-rate-window) and be whole within --body-timeout."""
+        lt = self.lt
+        now = lt.clock()
+        self.state = BODY
+        self.body_started = now
+        self.body_seen = self.body_mark = 0
+        if lt.body_min_rate:
+            self.deadline = now + lt.body_rate_window
+        else:
+            self.deadline = now + lt.io_timeout
+        if lt.body_timeout:
+            self.deadline = min(self.deadline, now + lt.body_timeout)
+
+    def body_progress(self) -> None:
+        """Without --body-min-rate, progress on a body extends its deadline (--io-timeout),
+        up to --body-timeout."""
+        lt = self.lt
+        self.deadline = lt.clock() + lt.io_timeout
+        if lt.body_timeout:
+            self.deadline = min(self.deadline, self.body_started + lt.body_timeout)
+
+    def body_deadline(self) -> bool:
+        """The deadline of a body being received passed: True if it is too slow (or too
+        long) and must be dropped, else the next check is set."""
+        lt = self.lt
+        now = lt.clock()
+        if lt.body_timeout and now >= self.body_started + lt.body_timeout:
+            self.drop_reason = "its body did not arrive within --body-timeout"
+            return True
+        if not lt.body_min_rate:
+            self.drop_reason = "no progress on its body within --io-timeout"
+            return True
+        if self.body_seen - self.body_mark < lt.body_min_rate * lt.body_rate_window:
+            self.drop_reason = "its body arrived slower than --body-min-rate"
+            return True
+        self.body_mark = self.body_seen
+        self.deadline = now + lt.body_rate_window
+        if lt.body_timeout:
+            self.deadline = min(self.deadline, self.body_started + lt.body_timeout)
+        return False
 
     def feed(self, data: bytes) -> None:
         """Parse a large read a slice at a time, while few requests wait; hold the rest raw.
@@ -234,6 +406,12 @@ class Connection:
             lt.counters.static_requests += 1
             return
         environ["wsgi.input"] = request.body
+        forwarded = self.forwarded
+        if forwarded is not None:  # a trusted proxy's connection: ~0.1 us without the fields
+            for key in FORWARDED_KEYS:
+                if key in environ:
+                    apply_forwarded(environ, forwarded)
+                    break
         response = Response(request, lt.server_date, self)
         now = _monotonic()
         if lt.timed:
@@ -520,7 +698,16 @@ class Connection:
 
     def timed_out(self) -> None:
         """Called by the loop tick when the deadline passed."""
-        if self.state in (READING, WRITING):
+        if self.state == BODY and not self.busy:
+            if not self.body_deadline():
+                return
+            log.info("dropping connection from %s: %s", self.environ.get("REMOTE_ADDR", "?"),
+                     self.drop_reason)
+            self.transport.receive_into(None)
+            self.send(error_response(408, "Request body timeout", self.lt.server_date))
+            self.close()
+            return
+        if self.state in (READING, WRITING, BODY):
             what = "request" if self.state == READING else "response"
             log.info("dropping connection from %s: no progress on its %s within the timeout",
                      self.environ.get("REMOTE_ADDR", "?"), what)
@@ -537,6 +724,9 @@ class Connection:
 
 class UwsgiHandler(Connection):
     """A uwsgi connection: one request from nginx (or another uwsgi client), then close."""
+
+    def trust_peer(self) -> None:
+        """nginx passes the client's address in the uwsgi vars themselves."""
 
     def make_parser(self) -> UwsgiConnection:  # type: ignore[override]
         return UwsgiConnection(self.lt.worker.limits, self.lt.config.buffer_size)

@@ -64,6 +64,10 @@ class LoopThread:
         self.clock = self.loop.time  # deadlines are precise; the tick checks them each second
         self.header_timeout = worker.config.header_timeout
         self.io_timeout = worker.config.io_timeout
+        self.proxy_protocol = worker.config.proxy_protocol
+        self.body_min_rate = worker.config.body_min_rate
+        self.body_rate_window = worker.config.body_rate_window
+        self.body_timeout = worker.config.body_timeout
         self.keepalive_timeout = worker.config.keepalive_timeout
         # Accepting: with one thread, this loop accepts on the listening sockets itself. With
         # several, the worker's main thread accepts and hands each connection to the least
@@ -212,6 +216,7 @@ class LoopThread:
         self.now = now = self.loop.time()
         self.last_tick = time.monotonic()
         self._refresh_date()
+        self.worker.bodies.trim()  # maps of past bodies, unless bodies keep coming
         expired = [c for c in self.connections if c.deadline < now]
         for conn in expired:
             conn.timed_out()

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 from drover import logs
 from drover.access import AccessLog
 from drover.access import wanted as access_wanted
+from drover.body import BodyPool
 from drover.config import Config
 from drover.harakiri import HarakiriWatch
 from drover.logs import log
+from drover.protocols.forwarded import TrustedPeers
 from drover.protocols.http import HttpLimits
 from drover.recycling import max_requests_for
 from drover.sockets import Listener
@@ -45,11 +47,14 @@ class Worker:
         self.worker_id = worker_id
         self.label = f"worker {worker_id} (pid {os.getpid()}, generation {generation})"
         self.pipe = pipe
+        # Request bodies kept in memory, shared by the loop threads (see drover.body).
+        self.bodies = BodyPool(config.body_buffer_size, config.body_memory_limit)
         self.limits = HttpLimits(
             request_line=config.limit_request_line, fields=config.limit_request_fields,
             field_size=config.limit_request_field_size,
             header_block=config.limit_request_headers, body=config.limit_request_body,
-            spill=config.body_buffer_size)
+            spill=config.body_buffer_size,
+            bodies=self.bodies)
         self.served = 0  # requests answered, over all loop threads (approximate: no lock)
         self.max_requests = max_requests_for(config)
         self.retiring = False  # asked the master for a replacement
@@ -58,6 +63,8 @@ class Worker:
         self.environs = {
             id(listener): base_environ(config.threads > 1, config.workers > 1)
             for listener in listeners}
+        self.trusted_peers = TrustedPeers(config.forwarded_allow_ips
+                                          or ("127.0.0.0/8", "::1/128"))
         self._uwsgi_peers: dict[str, bool] = {}
         self.uwsgi_networks: list[Any] = []
         if any(listener.protocol == "uwsgi" for listener in listeners):
