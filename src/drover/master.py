@@ -21,10 +21,9 @@ a reload or a recycle, an old and a new worker share a number.
 - SIGHUP (also --touch-reload and --reload): a new generation of workers is started
   (re-importing the app unless --preload), the first one alone, so that code that does not
   load fails once; as each new worker reports that it booted, one old worker is told to stop
-  gracefully. The
-  listening sockets stay open in the master throughout, so no connection is refused. Old
-  workers are retired with SIGHUP, which lets idle keep-alive connections drain rather than
-  cutting them (SIGTERM, for shutdown, closes idle connections at once).
+  gracefully. The listening sockets stay open in the master throughout, so no connection is
+  refused. Old workers are retired with SIGHUP, which lets idle keep-alive connections drain
+  rather than cutting them (SIGTERM, for shutdown, closes idle connections at once).
 - Recycling (--max-requests, --reload-on-rss, --max-worker-lifetime): the worker's replacement
   is forked first, and the worker retires once it is ready.
 - SIGTERM/SIGINT: workers stop gracefully within --graceful-timeout, then are killed; exit 0.
@@ -49,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import resource
 import select
 import signal
 import sys
@@ -57,7 +55,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from drover import logs, privileges, upgrade
+from drover import __version__, logs, privileges, upgrade
 from drover.config import Config
 from drover.harakiri import FIRED, Escalation
 from drover.logs import log
@@ -97,10 +95,11 @@ class WorkerProcess:
     harakiri_count: int = 0  # requests of this worker ended by harakiri (read by stats)
     messages: bytes = b""  # an incomplete message read from its pipe
 
+    slot: int = -1  # its place on the stats scoreboard (--stats)
+
     @property
     def label(self) -> str:
         return f"worker {self.worker_id} (pid {self.pid}, generation {self.generation})"
-    slot: int = -1  # its place on the stats scoreboard (--stats)
 
 
 class Master:
@@ -218,15 +217,7 @@ class Master:
     def _predecessor_serving(self) -> bool:
         """A master started by USR2 that never became ready: the sockets are still its
         predecessor's, which keeps serving on them."""
-        if self.predecessor is None or self.ready:
-            return False
-        try:
-            os.kill(self.predecessor.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
+        return self.predecessor is not None and not self.ready and self.predecessor.alive()
 
     def _cleanup(self) -> None:
         """On every exit the master controls: its sockets and pidfile go, unless handed over."""
@@ -249,7 +240,7 @@ class Master:
         return True
 
     def run(self) -> int:
-        _raise_fd_limit()
+        privileges.raise_fd_limit()
         try:
             import setproctitle
 
@@ -279,7 +270,7 @@ class Master:
             if self.config.stats and not self._start_stats():
                 return 1
             log.info("drover %s master starting %d worker(s) x %d thread(s) for %s",
-                     _version(), self.target, self.config.threads,
+                     __version__, self.target, self.config.threads,
                      self.config.app_description())
             for path in self.config.touch_reload:
                 if not os.path.exists(path):
@@ -310,7 +301,7 @@ class Master:
 
         try:
             self.stats = StatsServer(self.config, self.listeners, workers,
-                                     f"drover {_version()}")
+                                     f"drover {__version__}")
         except OSError as exc:
             log.error("cannot serve stats on %s (--stats): %s", self.config.stats,
                       exc.strerror or exc)
@@ -488,17 +479,13 @@ class Master:
             self.daemon.ready()
 
     def _read_successor(self) -> None:
-        """The new master (USR2) wrote on its pipe: ready (b'R'), or it is gone (EOF)."""
+        """The new master (USR2) wrote on its pipe: ready, or it is gone."""
         successor = self.successor
         assert successor is not None
-        try:
-            data = os.read(successor.pipe, 16)
-        except BlockingIOError:
+        outcome = successor.outcome()
+        if outcome is None:
             return
-        except OSError:
-            data = b""
-        if data.startswith(b"R"):
-            successor.close()
+        if outcome:
             log.info("the new master (pid %d) is ready; retiring this one (pid %d)",
                      successor.pid, os.getpid())
             self.handed_over = True
@@ -506,7 +493,6 @@ class Master:
             if not self.stopping:
                 self._begin_stop(signal.SIGHUP)  # as a reload: idle keep-alives drain
             return
-        successor.close()
         self.successor = None
         log.error("the new master (pid %d) exited before it was ready (see above); this "
                   "master (pid %d) keeps serving", successor.pid, os.getpid())
@@ -586,8 +572,7 @@ class Master:
             if worker.kill_at:
                 if now > worker.kill_at:
                     log.warning("%s did not stop in time; killing it", worker.label)
-                    _kill(worker.pid, signal.SIGKILL)
-                    worker.kill_at = now + 3600
+                    self._kill_now(worker)
             elif self.escalation.overdue(worker, now):
                 log.error("killing %s: its request is still running --harakiri-grace %g s "
                           "after harakiri", worker.label, self.config.harakiri_grace)
@@ -805,22 +790,6 @@ def _kill(pid: int, signum: int) -> None:
     except OSError as exc:
         if exc.errno != errno.ESRCH:
             raise
-
-
-def _raise_fd_limit() -> None:
-    """Many keep-alive connections need many descriptors: use the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _version() -> str:
-    from drover import __version__
-
-    return __version__
 
 
 def run(config: Config, argv: list[str] | None = None) -> int:

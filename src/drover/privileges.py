@@ -29,6 +29,7 @@ import contextlib
 import grp
 import os
 import pwd
+import resource
 import signal
 import sys
 from dataclasses import dataclass
@@ -321,3 +322,13 @@ def daemonize(log_path: str) -> Daemon:
     log.info("daemonized (pid %d), logging to %s", os.getpid(), log_path)
     return Daemon(write_fd)
 
+
+def raise_fd_limit() -> None:
+    """Many keep-alive connections need many descriptors: use the hard limit (master, at
+    start; workers inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

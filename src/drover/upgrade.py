@@ -48,6 +48,18 @@ class Successor:
             os.close(self.pipe)
             self.pipe = -1
 
+    def outcome(self) -> bool | None:
+        """Its pipe is readable (predecessor's loop): True, it is ready; False, it exited
+        before that; None, nothing to read after all. The pipe is closed once decided."""
+        try:
+            data = os.read(self.pipe, 16)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        self.close()
+        return data.startswith(b"R")
+
 
 @dataclass
 class Predecessor:
@@ -55,6 +67,16 @@ class Predecessor:
 
     pid: int
     pipe: int
+
+    def alive(self) -> bool:
+        """Is the predecessor still running (and so still serving on the sockets)?"""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # alive, as another user (it dropped privileges differently)
+        return True
 
     def ready(self) -> None:
         """Runs in the successor once its workers are up: the predecessor may retire."""

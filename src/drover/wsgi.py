@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import IO, Any, Protocol
 
-from drover.protocols.http import LAST_CHUNK, chunk, status_has_body
+from drover.protocols.chunked import LAST_CHUNK, chunk
+from drover.protocols.http import status_has_body
 from drover.protocols.request import Request
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from drover.httpdate import http_date, parse_http_date
 from drover.protocols.request import Request
 from drover.static import (
     UNSATISFIABLE,
@@ -18,8 +19,6 @@ from drover.static import (
     coding_qualities,
     etag_matches,
     evaluate,
-    http_date,
-    parse_http_date,
     parse_range,
     safe_segments,
     split_rule,

@@ -24,8 +24,9 @@ from collections import deque
 from typing import Any
 
 from drover.body import EMPTY_INPUT, BodyBuffer, BodyPool, SizedBody
-from drover.protocols.http import Event, HttpLimits, decode_path, split_target
+from drover.protocols.http import Event, HttpLimits
 from drover.protocols.request import ProtocolError, Request
+from drover.protocols.target import decode_path, split_target
 
 HEADER_SIZE = 4
 UNTIL_EOF = -1  # body length of a streamed chunked upload: everything until the peer's EOF

@@ -407,11 +407,10 @@ class Connection:
             return
         environ["wsgi.input"] = request.body
         forwarded = self.forwarded
-        if forwarded is not None:  # a trusted proxy's connection: ~0.1 us without the fields
-            for key in FORWARDED_KEYS:
-                if key in environ:
-                    apply_forwarded(environ, forwarded)
-                    break
+        # A trusted proxy's connection: the fields are looked up in C (any/map), not in a
+        # Python loop, since every request from a trusted peer pays for it.
+        if forwarded is not None and any(map(environ.__contains__, FORWARDED_KEYS)):
+            apply_forwarded(environ, forwarded)
         response = Response(request, lt.server_date, self)
         now = _monotonic()
         if lt.timed:

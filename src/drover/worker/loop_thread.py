@@ -9,6 +9,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from drover.httpdate import http_date
 from drover.logs import log
 from drover.loop import Loop, Server, adopt_socket
 from drover.sockets import Listener
@@ -20,17 +21,6 @@ if TYPE_CHECKING:
     from drover.wsgi import Response
 
 FIRST_REQUEST_GRACE = 1.0  # on shutdown, how long a new connection may take to send its request
-
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def http_date(timestamp: float) -> str:
-    """IMF-fixdate (RFC 9110 section 5.6.7), independent of the locale."""
-    t = time.gmtime(timestamp)
-    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
-
 
 class LoopThread:
     """One event loop, its servers and connections. All methods run on its own thread unless
