@@ -27,11 +27,11 @@ from http_events import (
 )
 
 import drover.protocols.http as http_module
+from drover.protocols.chunked import chunk
 from drover.protocols.http import (
     CONTINUE,
     HttpConnection,
     HttpLimits,
-    chunk,
     error_response,
     status_has_body,
 )
