@@ -45,6 +45,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from drover import logs
 from drover.logs import log
 
 if TYPE_CHECKING:
@@ -181,6 +182,7 @@ class HarakiriWatch:
                   "(--harakiri-grace %g): the master kills this worker. Lost with it: %s",
                   self.worker.label, lt.index, after, self.grace,
                   "; ".join(lost) if lost else "no other request")
+        logs.flush()  # written before the kill, which would take the queued lines with it
         self.worker.tell_master(KILL_ME)
 
 

@@ -111,6 +111,7 @@ def test_reload_follows_source_changes_and_keeps_serving_through_a_syntax_error(
     write_helper(tmp_path, "VERSION = 'v2'\n")
     server.wait_for_log(r"helper\.py changed \(--reload\)")
     wait_for_version(server, "v2")
+    server.wait_for_log("reload complete")  # both new workers run v2 before v3 is written
     mark = len(server.log())
     write_helper(tmp_path, "VERSION = 'v3\n")  # a syntax error
     server.wait_for_log("reload failed", since=mark, timeout=20)
