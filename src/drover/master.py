@@ -670,9 +670,7 @@ class Master:
             if within is None:
                 within = self.config.graceful_timeout
             worker.kill_at = time.monotonic() + within + 1.0
-            # The master's lines about it are written first, so that the log keeps the order
-            # of events (log lines are written by a thread of each process).
-            logs.flush()
+            logs.flush()  # our lines first: the log keeps the order of events across processes
             _kill(worker.pid, signum)
 
     def _retire_one_old(self) -> None:
